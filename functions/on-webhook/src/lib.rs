@@ -1,0 +1,167 @@
+//! on-webhook: verify, resolve the tenant, dedupe, record the call durably (with the work it implies), answer;
+//! then, from that outbox, fetch the recording from CallRail into the recordings bucket.
+
+pub mod intake;
+pub mod outbox;
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use callflow::adapters::callrail::{DEFAULT_BASE_URL, HttpCallRail};
+use callflow::adapters::sqlite::Durability;
+use callflow::domain::work::RetryPolicy;
+use callflow::ports::{
+    AnalyticsSink, CallRailClient, Clock, ObjectStore, SecretSource, StateStore, SystemClock, TenantDirectory,
+};
+use callflow::runtime::ApiError;
+use callflow::runtime::embedded::Embedded;
+
+/// Everything configurable, read from the environment (Cloud Run style); defaults run the embedded mode.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub tenants_file: PathBuf,
+    pub callrail_api: String,
+    pub recordings_bucket: String,
+    pub max_body_bytes: usize,
+    pub max_recording_bytes: u64,
+    pub fetch_retry: RetryPolicy,
+    pub fetch_concurrency: usize,
+    pub form_tolerance_secs: i64,
+    /// Failed signature checks allowed per source address per minute before answers turn into 429.
+    pub auth_failures_per_minute: u32,
+    /// Behind Cloud Run's front end the peer is Google's proxy: take the client from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+    pub drain: Duration,
+    pub durability: Durability,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            port: callflow::runtime::serve::port_from_env()?,
+            data_dir: env_or("CALLFLOW_DATA_DIR", PathBuf::from(".data"))?,
+            tenants_file: env_or("CALLFLOW_TENANTS", PathBuf::from("fixtures/tenants.toml"))?,
+            callrail_api: env_or("CALLFLOW_CALLRAIL_API", DEFAULT_BASE_URL.to_owned())?,
+            recordings_bucket: env_or("CALLFLOW_RECORDINGS_BUCKET", "recordings".to_owned())?,
+            max_body_bytes: 1024 * 1024,
+            max_recording_bytes: env_or("CALLFLOW_MAX_RECORDING_BYTES", 256 * 1024 * 1024)?,
+            fetch_retry: RetryPolicy {
+                max_attempts: env_or("CALLFLOW_FETCH_MAX_ATTEMPTS", 8)?,
+                base: Duration::from_millis(env_or("CALLFLOW_FETCH_BACKOFF_MS", 2_000)?),
+                max: Duration::from_secs(600),
+            },
+            fetch_concurrency: env_or("CALLFLOW_FETCH_CONCURRENCY", 8)?,
+            form_tolerance_secs: 300,
+            auth_failures_per_minute: env_or("CALLFLOW_AUTH_FAILURES_PER_MINUTE", 30)?,
+            trust_forwarded_for: env_or("CALLFLOW_TRUST_FORWARDED_FOR", false)?,
+            drain: Duration::from_secs(8),
+            durability: Durability::from_env(),
+        })
+    }
+}
+
+type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// The function's state: its ports and settings. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    pub tenants: Arc<dyn TenantDirectory>,
+    pub secrets: Arc<dyn SecretSource>,
+    pub state: Arc<dyn StateStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub analytics: Arc<dyn AnalyticsSink>,
+    pub callrail: Arc<dyn CallRailClient>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+    /// Wakes the outbox worker when a commit added work.
+    pub work_added: Arc<tokio::sync::Notify>,
+    auth_failures: Arc<KeyedLimiter<std::net::IpAddr>>,
+    form_limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>>,
+}
+
+pub struct Ports {
+    pub tenants: Arc<dyn TenantDirectory>,
+    pub secrets: Arc<dyn SecretSource>,
+    pub state: Arc<dyn StateStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub analytics: Arc<dyn AnalyticsSink>,
+    pub callrail: Arc<dyn CallRailClient>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Service {
+    pub fn new(ports: Ports, settings: Settings) -> Self {
+        let per_minute = NonZeroU32::new(settings.auth_failures_per_minute.max(1)).expect("at least 1");
+        Self {
+            tenants: ports.tenants,
+            secrets: ports.secrets,
+            state: ports.state,
+            objects: ports.objects,
+            analytics: ports.analytics,
+            callrail: ports.callrail,
+            clock: ports.clock,
+            settings: Arc::new(settings),
+            work_added: Arc::new(tokio::sync::Notify::new()),
+            auth_failures: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))),
+            form_limits: Arc::default(),
+        }
+    }
+
+    /// The embedded mode: SQLite state and analytics, a directory for objects, tenants from a TOML file.
+    pub async fn embedded(settings: &Settings) -> anyhow::Result<Self> {
+        let e = Embedded::open(&settings.data_dir, &settings.tenants_file, settings.durability)?;
+        let released = e.state.release_all_leases().await?;
+        if released > 0 {
+            tracing::info!(released, "resuming work interrupted by the previous stop");
+        }
+        let ports = Ports {
+            tenants: e.tenants,
+            secrets: e.secrets,
+            state: e.state,
+            objects: e.objects,
+            analytics: e.analytics,
+            callrail: Arc::new(HttpCallRail::new(settings.callrail_api.clone())?),
+            clock: Arc::new(SystemClock),
+        };
+        Ok(Self::new(ports, settings.clone()))
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub fn app(service: Service) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/callrail/{tenant}",
+            post(intake::callrail).fallback(method_not_allowed),
+        )
+        .route(
+            "/webhooks/forms/{tenant}",
+            post(intake::form).fallback(method_not_allowed),
+        )
+        .route(
+            "/internal/outbox/drain",
+            post(outbox::drain_endpoint).fallback(method_not_allowed),
+        )
+        .fallback(no_route)
+        .with_state(service)
+}

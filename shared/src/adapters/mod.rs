@@ -1,0 +1,7 @@
+//! Adapters: one module per backend. The embedded family (SQLite, a directory, local files) needs no servers.
+
+pub mod callrail;
+pub mod dir_objects;
+pub mod local_secrets;
+pub mod sqlite;
+pub mod tenants_file;

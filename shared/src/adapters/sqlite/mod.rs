@@ -1,0 +1,9 @@
+//! SQLite adapters for the embedded mode: the state store and the analytics sink.
+
+mod analytics;
+mod state;
+mod writer;
+
+pub use analytics::SqliteAnalytics;
+pub use state::{DeadLetter, SqliteStateStore};
+pub use writer::{Durability, Writer};

@@ -1,0 +1,411 @@
+//! The embedded state store: calls, the intake dedupe ledger, the outbox and dead letters in one SQLite file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::writer::{self, Durability, Writer};
+use crate::domain::analytics::StageEvent;
+use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
+use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
+use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
+use crate::ports::{IntakeResult, PortError, PortResult, StateStore};
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS calls (
+    tenant_id        TEXT NOT NULL,
+    call_id          TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    state_reason     TEXT,
+    lead_json        TEXT NOT NULL,
+    recording_object TEXT,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, call_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS intake_ledger (
+    tenant_id      TEXT NOT NULL,
+    call_id        TEXT NOT NULL,
+    dedupe_key     TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    received_at    TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, call_id, dedupe_key)
+) WITHOUT ROWID;
+-- The outbox is a queue: its rowid is its order. (Spanner keys it by tenant_id first; SQLite has one node.)
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id   TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  INTEGER NOT NULL,
+    lease       TEXT,
+    lease_until INTEGER,
+    last_error  TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (kind, not_before);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id  TEXT NOT NULL,
+    call_id    TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant_id, created_at);
+";
+
+/// The stage name recorded in analytics rows for intake.
+const INTAKE_STAGE: &str = "on-webhook";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub tenant_id: String,
+    pub call_id: String,
+    pub kind: String,
+    pub attempts: u32,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct SqliteStateStore {
+    writer: Writer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<Path>,
+    durability: Durability,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_time(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn bad_data(msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, msg.into())
+}
+
+fn read_call(conn: &Connection, tenant: &str, call: &str) -> rusqlite::Result<Option<CallRecord>> {
+    conn.prepare_cached(
+        "SELECT source, state, state_reason, lead_json, recording_object, created_at, updated_at
+         FROM calls WHERE tenant_id = ?1 AND call_id = ?2",
+    )?
+    .query_row(params![tenant, call], |r| {
+        let source: String = r.get(0)?;
+        let state: String = r.get(1)?;
+        let lead: String = r.get(3)?;
+        Ok(CallRecord {
+            tenant_id: TenantId::parse(tenant).map_err(|e| bad_data(e.to_string()))?,
+            call_id: CallId::parse(call).map_err(|e| bad_data(e.to_string()))?,
+            source: if source == "form" {
+                CallSource::Form
+            } else {
+                CallSource::Callrail
+            },
+            state: CallState::parse(&state).ok_or_else(|| bad_data(format!("unknown state {state}")))?,
+            state_reason: r.get(2)?,
+            lead: serde_json::from_str(&lead).map_err(|e| bad_data(e.to_string()))?,
+            recording_object: r.get(4)?,
+            created_at: parse_time(&r.get::<_, String>(5)?)?,
+            updated_at: parse_time(&r.get::<_, String>(6)?)?,
+        })
+    })
+    .optional()
+}
+
+fn write_call(conn: &Connection, c: &CallRecord) -> rusqlite::Result<()> {
+    let lead = serde_json::to_string(&c.lead).map_err(|e| bad_data(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO calls (tenant_id, call_id, source, state, state_reason, lead_json, recording_object,
+                            created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (tenant_id, call_id) DO UPDATE SET
+            state = excluded.state, state_reason = excluded.state_reason, lead_json = excluded.lead_json,
+            recording_object = excluded.recording_object, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        c.tenant_id.as_str(),
+        c.call_id.as_str(),
+        c.source.as_str(),
+        c.state.as_str(),
+        c.state_reason,
+        lead,
+        c.recording_object,
+        rfc3339(c.created_at),
+        rfc3339(c.updated_at),
+    ])?;
+    Ok(())
+}
+
+fn enqueue(conn: &Connection, tenant: &str, call: &str, work: &NewWork, now: DateTime<Utc>) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (tenant_id, call_id, kind, payload, not_before, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![tenant, call, work.kind.as_str(), work.payload.to_string(), micros(now)])?;
+    Ok(())
+}
+
+fn kinds_json(kinds: &[WorkKind]) -> String {
+    Value::from(kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()).to_string()
+}
+
+impl SqliteStateStore {
+    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = writer::open(path, durability)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            writer: Writer::start(conn, "state"),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.into(),
+            durability,
+        })
+    }
+
+    async fn read<R, F>(&self, f: F) -> PortResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (pool, path, durability) = (self.readers.clone(), self.path.clone(), self.durability);
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().expect("reader pool lock").pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => writer::open(&path, durability)?,
+            };
+            let result = f(&conn);
+            let mut pool = pool.lock().expect("reader pool lock");
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| PortError::retryable(format!("sqlite reader: {e}")))?
+        .map_err(|e| PortError::retryable(format!("sqlite: {e}")))
+    }
+
+    /// A state file belongs to one host process. After a crash its leases are stale: hand them back at start-up
+    /// so the interrupted work runs now rather than when the leases run out.
+    pub async fn release_all_leases(&self) -> PortResult<usize> {
+        self.writer
+            .write(|c| {
+                c.execute(
+                    "UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL",
+                    [],
+                )
+            })
+            .await
+    }
+
+    pub async fn dead_letters(&self, tenant: Option<TenantId>) -> PortResult<Vec<DeadLetter>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT tenant_id, call_id, kind, attempts, reason FROM dead_letters
+                 WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![tenant.as_ref().map(TenantId::as_str)], |r| {
+                Ok(DeadLetter {
+                    tenant_id: r.get(0)?,
+                    call_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    attempts: r.get(3)?,
+                    reason: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Work items still queued (any kind), for tests and the ops view.
+    pub async fn pending_work(&self) -> PortResult<Vec<(String, String, String, u32)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT tenant_id, call_id, kind, attempts FROM outbox ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStateStore {
+    async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult> {
+        self.writer
+            .write(move |conn| {
+                let (tenant, call) = (event.tenant_id.as_str(), event.call_id.as_str());
+                let fresh = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO intake_ledger (tenant_id, call_id, dedupe_key, payload_sha256, received_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![tenant, call, event.dedupe_key, event.payload_sha256, rfc3339(event.received_at)])?
+                    == 1;
+                let existing = read_call(conn, tenant, call)?;
+                if !fresh {
+                    let call = existing.ok_or_else(|| bad_data("ledger entry without its call".into()))?;
+                    return Ok(IntakeResult { outcome: IntakeOutcome::Duplicate, call });
+                }
+                let plan = intake::plan(existing, &event);
+                write_call(conn, &plan.record)?;
+                for work in &plan.work {
+                    enqueue(conn, tenant, call, work, event.received_at)?;
+                }
+                let row = StageEvent {
+                    call: &plan.record,
+                    stage: INTAKE_STAGE,
+                    outcome: plan.outcome.as_str(),
+                    event_kind: Some(event.kind.as_str()),
+                    at: event.received_at,
+                    stage_duration_ms: None,
+                    attempts: None,
+                    bytes: Some(event.payload_bytes),
+                    cost_usd: None,
+                    reason: plan.record.state_reason.as_deref(),
+                }
+                .into_row(&event.dedupe_key);
+                let analytics = NewWork {
+                    kind: WorkKind::Analytics,
+                    payload: serde_json::to_value(&row).map_err(|e| bad_data(e.to_string()))?,
+                };
+                enqueue(conn, tenant, call, &analytics, event.received_at)?;
+                Ok(IntakeResult { outcome: plan.outcome, call: plan.record })
+            })
+            .await
+    }
+
+    async fn call(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CallRecord>> {
+        let (tenant, call) = (tenant.to_string(), call.to_string());
+        self.read(move |c| read_call(c, &tenant, &call)).await
+    }
+
+    async fn claim_work(&self, kinds: &[WorkKind], limit: usize, lease: Duration) -> PortResult<Vec<WorkItem>> {
+        let kinds = kinds_json(kinds);
+        let token = uuid::Uuid::new_v4().to_string();
+        let now = Utc::now();
+        let until = micros(now) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        self.writer
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "UPDATE outbox SET lease = ?1, lease_until = ?2, attempts = attempts + 1
+                     WHERE id IN (SELECT id FROM outbox
+                                  WHERE kind IN (SELECT value FROM json_each(?3)) AND not_before <= ?4
+                                    AND (lease_until IS NULL OR lease_until <= ?4)
+                                  ORDER BY not_before, id LIMIT ?5)
+                     RETURNING id, tenant_id, call_id, kind, payload, attempts",
+                )?;
+                let rows = stmt.query_map(params![token, until, kinds, micros(now), limit as i64], |r| {
+                    let kind: String = r.get(3)?;
+                    let payload: String = r.get(4)?;
+                    Ok(WorkItem {
+                        id: r.get(0)?,
+                        tenant_id: TenantId::parse(&r.get::<_, String>(1)?).map_err(|e| bad_data(e.to_string()))?,
+                        call_id: CallId::parse(&r.get::<_, String>(2)?).map_err(|e| bad_data(e.to_string()))?,
+                        kind: WorkKind::parse(&kind).ok_or_else(|| bad_data(format!("unknown work kind {kind}")))?,
+                        payload: serde_json::from_str(&payload).map_err(|e| bad_data(e.to_string()))?,
+                        attempts: r.get(5)?,
+                        lease: token.clone(),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn complete_work(&self, item: &WorkItem, completion: Completion) -> PortResult<bool> {
+        let item = item.clone();
+        self.writer
+            .write(move |c| {
+                let deleted = c
+                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 AND lease = ?2")?
+                    .execute(params![item.id, item.lease])?;
+                if deleted == 0 {
+                    return Ok(false);
+                }
+                let now = Utc::now();
+                let (tenant, call) = (item.tenant_id.as_str(), item.call_id.as_str());
+                if let Some(t) = &completion.transition
+                    && let Some(mut record) = read_call(c, tenant, call)?
+                    && record.state.can_move_to(t.to)
+                {
+                    record.state = t.to;
+                    record.state_reason = t.reason.clone();
+                    if t.recording_object.is_some() {
+                        record.recording_object = t.recording_object.clone();
+                    }
+                    record.updated_at = now;
+                    write_call(c, &record)?;
+                }
+                for work in &completion.follow_up {
+                    enqueue(c, tenant, call, work, now)?;
+                }
+                if let Some(reason) = &completion.dead_letter {
+                    c.prepare_cached(
+                        "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        tenant,
+                        call,
+                        item.kind.as_str(),
+                        item.payload.to_string(),
+                        item.attempts,
+                        reason,
+                        rfc3339(now)
+                    ])?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn retry_work(&self, item: &WorkItem, not_before: DateTime<Utc>, error: &str) -> PortResult<()> {
+        let (id, lease, error) = (item.id, item.lease.clone(), error.to_owned());
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE outbox SET lease = NULL, lease_until = NULL, not_before = ?1, last_error = ?2
+                     WHERE id = ?3 AND lease = ?4",
+                )?
+                .execute(params![micros(not_before), error, id, lease])
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn next_due(&self, kinds: &[WorkKind]) -> PortResult<Option<DateTime<Utc>>> {
+        let kinds = kinds_json(kinds);
+        let at: Option<i64> = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT MIN(CASE WHEN lease_until > not_before THEN lease_until ELSE not_before END)
+                     FROM outbox WHERE kind IN (SELECT value FROM json_each(?1))",
+                )?
+                .query_row(params![kinds], |r| r.get(0))
+            })
+            .await?;
+        Ok(at.and_then(DateTime::from_timestamp_micros))
+    }
+}

@@ -1,0 +1,87 @@
+//! Tenants from a TOML file (the embedded mode's tenant directory). Secrets are referenced, not inlined.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::domain::TenantId;
+use crate::domain::tenant::Tenant;
+use crate::ports::{PortResult, TenantDirectory};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<Tenant>,
+}
+
+pub struct FileTenants {
+    tenants: HashMap<TenantId, Arc<Tenant>>,
+}
+
+impl FileTenants {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read tenants file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("tenants file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: TenantsFile = toml::from_str(text)?;
+        let mut tenants = HashMap::new();
+        for tenant in file.tenants {
+            tenant.validate()?;
+            let id = tenant.id.clone();
+            if tenants.insert(id.clone(), Arc::new(tenant)).is_some() {
+                anyhow::bail!("tenant {id} is defined twice");
+            }
+        }
+        Ok(Self { tenants })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+#[async_trait]
+impl TenantDirectory for FileTenants {
+    async fn tenant(&self, id: &TenantId) -> PortResult<Option<Arc<Tenant>>> {
+        Ok(self.tenants.get(id).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_loads_and_bad_configs_say_why() {
+        let sample = include_str!("../../../fixtures/tenants.toml");
+        let t = FileTenants::parse(sample).unwrap();
+        assert_eq!(t.len(), 2);
+        let three_keys = r#"
+            [[tenant]]
+            id = "x"
+            name = "X"
+            [tenant.callrail]
+            account_id = "ACC1"
+            company_ids = ["1"]
+            signing_keys = ["env:A", "env:B", "env:C"]
+        "#;
+        let err = FileTenants::parse(three_keys).err().unwrap().to_string();
+        assert!(err.contains("at most 2"), "{err}");
+        let err = FileTenants::parse("[[tenant]]\nid = \"Bad/Id\"\nname = \"x\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("invalid tenant id"), "{err}");
+    }
+}

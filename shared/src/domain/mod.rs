@@ -1,0 +1,15 @@
+//! The domain: calls, tenants, states, webhook payloads and signatures. Pure: no I/O, no clocks, no adapters.
+
+pub mod analytics;
+pub mod call;
+pub mod callrail;
+pub mod form;
+pub mod ids;
+pub mod intake;
+pub mod pii;
+pub mod signature;
+pub mod tenant;
+pub mod work;
+
+pub use call::{CallRecord, CallSource, CallState, LeadDetails};
+pub use ids::{CallId, TenantId};

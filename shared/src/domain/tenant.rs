@@ -1,0 +1,117 @@
+//! Tenants: one remodeling company each, with its CallRail ids, signing keys (as secret references) and settings.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::TenantId;
+
+/// Where a secret lives, never the secret itself: `env:NAME`, `file:relative/or/absolute/path`, or
+/// `gcp-sm:projects/P/secrets/S/versions/V` (Secret Manager). Config files hold these, not keys.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretRef(pub String);
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretRef({})", self.0)
+    }
+}
+
+/// At most two keys are active per signature scheme: the current one and the one being rotated out.
+pub const MAX_ACTIVE_KEYS: usize = 2;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRailSettings {
+    /// The `ACC…` account id used in API paths.
+    pub account_id: String,
+    /// Company ids (resource `COM…` and/or legacy numeric) whose webhooks this tenant may receive.
+    pub company_ids: Vec<String>,
+    #[serde(default)]
+    pub signing_keys: Vec<SecretRef>,
+    pub api_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormSettings {
+    /// Standard Webhooks secrets (`whsec_…`), by reference.
+    #[serde(default)]
+    pub signing_keys: Vec<SecretRef>,
+    /// Accepted form submissions per minute for this tenant (a burst of the same size is allowed).
+    #[serde(default = "default_form_rate")]
+    pub per_minute: u32,
+}
+
+fn default_form_rate() -> u32 {
+    120
+}
+
+fn default_retention_days() -> u32 {
+    365
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub callrail: Option<CallRailSettings>,
+    pub forms: Option<FormSettings>,
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// CRM provider, credentials reference and field mapping; read by on-analysis.
+    #[serde(default)]
+    pub crm: Option<serde_json::Value>,
+    /// Workflow config (spam gate, service area, thresholds, notifications); read by on-analysis.
+    #[serde(default)]
+    pub workflow: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantConfigError {
+    #[error("tenant {tenant}: {message}")]
+    Invalid { tenant: String, message: String },
+}
+
+impl Tenant {
+    pub fn validate(&self) -> Result<(), TenantConfigError> {
+        let fail = |message: String| {
+            Err(TenantConfigError::Invalid {
+                tenant: self.id.to_string(),
+                message,
+            })
+        };
+        if let Some(cr) = &self.callrail {
+            if cr.signing_keys.len() > MAX_ACTIVE_KEYS {
+                return fail(format!(
+                    "callrail.signing_keys has {} keys; at most {MAX_ACTIVE_KEYS}",
+                    cr.signing_keys.len()
+                ));
+            }
+            if cr.company_ids.is_empty() {
+                return fail("callrail.company_ids is empty".into());
+            }
+            if cr.account_id.trim().is_empty() {
+                return fail("callrail.account_id is empty".into());
+            }
+        }
+        if let Some(forms) = &self.forms {
+            if forms.signing_keys.len() > MAX_ACTIVE_KEYS {
+                return fail(format!(
+                    "forms.signing_keys has {} keys; at most {MAX_ACTIVE_KEYS}",
+                    forms.signing_keys.len()
+                ));
+            }
+            if forms.per_minute == 0 {
+                return fail("forms.per_minute must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn owns_company(&self, ids: &[&str]) -> bool {
+        self.callrail
+            .as_ref()
+            .is_some_and(|cr| ids.iter().any(|id| cr.company_ids.iter().any(|own| own == id)))
+    }
+}

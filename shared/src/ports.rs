@@ -1,0 +1,205 @@
+//! Ports: the operations the functions need from the outside world, named after what the domain does.
+//! Functions hold them as `Arc<dyn …>`; adapters (embedded and Google Cloud) implement them.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+
+use crate::domain::analytics::AnalyticsRow;
+use crate::domain::intake::{IntakeEvent, IntakeOutcome};
+use crate::domain::tenant::{SecretRef, Tenant};
+use crate::domain::work::{Completion, WorkItem, WorkKind};
+use crate::domain::{CallId, CallRecord, TenantId};
+
+/// A failure of an adapter. `retryable` is decided once, here at the boundary, and drives the answer a function
+/// gives (5xx: redeliver; 2xx + dead letter: do not).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl PortError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// What the store did with an intake event, and the call as it now stands.
+#[derive(Debug, Clone)]
+pub struct IntakeResult {
+    pub outcome: IntakeOutcome,
+    pub call: CallRecord,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Record a verified webhook: dedupe ledger, call row and the work it implies (recording fetch, analytics
+    /// row), all in one transaction that is durable when this returns. Concurrent deliveries of one event
+    /// produce one `Created` and the rest `Duplicate`.
+    async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult>;
+
+    async fn call(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CallRecord>>;
+
+    /// Claim up to `limit` due work items of the given kinds for `lease`. A claim that is neither completed
+    /// nor retried before the lease ends is claimed again (the holder crashed).
+    async fn claim_work(&self, kinds: &[WorkKind], limit: usize, lease: Duration) -> PortResult<Vec<WorkItem>>;
+
+    /// Finish a claimed item and apply its effect in one transaction: a conditional state transition (refused
+    /// when it would move the call backwards) and follow-up work. False when the lease was lost.
+    async fn complete_work(&self, item: &WorkItem, completion: Completion) -> PortResult<bool>;
+
+    /// Give a claimed item back to run again at `not_before`, recording the error.
+    async fn retry_work(&self, item: &WorkItem, not_before: DateTime<Utc>, error: &str) -> PortResult<()>;
+
+    /// The earliest time any work of these kinds becomes due (None: no work), so workers sleep exactly as long.
+    async fn next_due(&self, kinds: &[WorkKind]) -> PortResult<Option<DateTime<Utc>>>;
+}
+
+/// A stored object's facts: what GCS reports and what a finalize event carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    pub name: String,
+    pub generation: i64,
+    pub size: u64,
+    pub content_type: String,
+    pub md5_base64: String,
+    pub crc32c_base64: String,
+    pub metadata: BTreeMap<String, String>,
+    pub created: DateTime<Utc>,
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+pub struct NewObject<'a> {
+    pub bucket: &'a str,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub metadata: BTreeMap<String, String>,
+    /// Writing more than this fails and leaves nothing behind.
+    pub max_bytes: u64,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Stream an object in. It becomes visible whole or not at all, with a new generation.
+    async fn put(&self, object: NewObject<'_>, body: ByteStream) -> PortResult<ObjectInfo>;
+    async fn head(&self, bucket: &str, name: &str) -> PortResult<Option<ObjectInfo>>;
+    async fn get(&self, bucket: &str, name: &str) -> PortResult<Option<(ObjectInfo, Bytes)>>;
+}
+
+#[async_trait]
+pub trait AnalyticsSink: Send + Sync {
+    /// Insert rows; a row whose insert_id was already inserted is not inserted again.
+    async fn insert(&self, rows: &[AnalyticsRow]) -> PortResult<()>;
+}
+
+/// A secret value. Debug never prints it.
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(**redacted**)")
+    }
+}
+
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn secret(&self, reference: &SecretRef) -> PortResult<Secret>;
+}
+
+#[async_trait]
+pub trait TenantDirectory: Send + Sync {
+    async fn tenant(&self, id: &TenantId) -> PortResult<Option<Arc<Tenant>>>;
+}
+
+/// A recording as CallRail serves it: a byte stream with its declared type and length.
+pub struct RecordingDownload {
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub body: ByteStream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VendorError {
+    #[error("not found")]
+    NotFound,
+    #[error("rate limited (retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("vendor answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("timed out")]
+    Timeout,
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+}
+
+impl VendorError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Timeout | Self::Transport(_) => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 408,
+            Self::NotFound | Self::Malformed(_) => false,
+        }
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait CallRailClient: Send + Sync {
+    /// The call's recording: `recording.json` for its URL, then the audio itself.
+    async fn recording(
+        &self,
+        account_id: &str,
+        call_id: &CallId,
+        api_key: &Secret,
+    ) -> Result<RecordingDownload, VendorError>;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,12 @@
+//! The function runtime every callflow function is built on: configuration from the environment, JSON logs in
+//! Cloud Logging's format with trace correlation, error mapping, body limits, CloudEvents intake in all three
+//! shapes, `/healthz`, and a server that drains in-flight requests on SIGTERM.
+
+pub mod body;
+pub mod cloudevent;
+pub mod embedded;
+pub mod error;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::ApiError;
