@@ -27,6 +27,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub tenants_file: PathBuf,
     pub callrail_api: String,
+    /// Timeout of one CallRail API call (the audio download gets longer: it streams megabytes).
+    pub callrail_api_timeout: Duration,
     pub recordings_bucket: String,
     pub max_body_bytes: usize,
     pub max_recording_bytes: u64,
@@ -55,6 +57,7 @@ impl Settings {
             data_dir: env_or("CALLFLOW_DATA_DIR", PathBuf::from(".data"))?,
             tenants_file: env_or("CALLFLOW_TENANTS", PathBuf::from("fixtures/tenants.toml"))?,
             callrail_api: env_or("CALLFLOW_CALLRAIL_API", DEFAULT_BASE_URL.to_owned())?,
+            callrail_api_timeout: Duration::from_millis(env_or("CALLFLOW_CALLRAIL_TIMEOUT_MS", 15_000)?),
             recordings_bucket: env_or("CALLFLOW_RECORDINGS_BUCKET", "recordings".to_owned())?,
             max_body_bytes: 1024 * 1024,
             max_recording_bytes: env_or("CALLFLOW_MAX_RECORDING_BYTES", 256 * 1024 * 1024)?,
@@ -133,7 +136,10 @@ impl Service {
             state: e.state,
             objects: e.objects,
             analytics: e.analytics,
-            callrail: Arc::new(HttpCallRail::new(settings.callrail_api.clone())?),
+            callrail: Arc::new(
+                HttpCallRail::new(settings.callrail_api.clone())?
+                    .with_timeouts(settings.callrail_api_timeout, Duration::from_secs(300)),
+            ),
             clock: Arc::new(SystemClock),
         };
         Ok(Self::new(ports, settings.clone()))
