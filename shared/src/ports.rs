@@ -28,16 +28,10 @@ pub struct PortError {
 
 impl PortError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
+        Self { message: message.into(), retryable: true }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
+        Self { message: message.into(), retryable: false }
     }
 }
 
@@ -66,6 +60,10 @@ pub trait StateStore: Send + Sync {
     /// Finish a claimed item and apply its effect in one transaction: a conditional state transition (refused
     /// when it would move the call backwards) and follow-up work. False when the lease was lost.
     async fn complete_work(&self, item: &WorkItem, completion: Completion) -> PortResult<bool>;
+
+    /// Finish many claimed items that have no effect beyond being done (delivered analytics rows), in one
+    /// write. Returns how many were still held by their lease.
+    async fn complete_batch(&self, items: &[WorkItem]) -> PortResult<usize>;
 
     /// Give a claimed item back to run again at `not_before`, recording the error.
     async fn retry_work(&self, item: &WorkItem, not_before: DateTime<Utc>, error: &str) -> PortResult<()>;

@@ -35,9 +35,7 @@ fn client_ip(service: &Service, req: &Request) -> IpAddr {
     {
         return ip;
     }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
 }
 
 async fn tenant(service: &Service, raw: &str) -> Result<Arc<Tenant>, ApiError> {
@@ -83,11 +81,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 async fn record(service: &Service, event: IntakeEvent, started: Instant) -> Result<Json<Value>, ApiError> {
     let (tenant_id, call_id, kind) = (event.tenant_id.clone(), event.call_id.clone(), event.kind);
-    let result = service
-        .state
-        .record_intake(event)
-        .await
-        .map_err(|e| ApiError::unavailable(&e.message))?;
+    let result = service.state.record_intake(event).await.map_err(|e| ApiError::unavailable(&e.message))?;
     if matches!(result.outcome, IntakeOutcome::Created | IntakeOutcome::Reopened) {
         service.work_added.notify_one();
     }
@@ -122,11 +116,7 @@ pub async fn callrail(
         return Err(ApiError::unsupported_media_type("application/json"));
     }
     let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
-    let refs = tenant
-        .callrail
-        .as_ref()
-        .map(|c| c.signing_keys.as_slice())
-        .unwrap_or_default();
+    let refs = tenant.callrail.as_ref().map(|c| c.signing_keys.as_slice()).unwrap_or_default();
     let keys = keys(&service, &tenant, refs).await;
     let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     signature::verify_callrail(&key_bytes, &body, header(&parts.headers, "signature"))
@@ -140,14 +130,10 @@ pub async fn callrail(
         .call_id()
         .map_err(|e| ApiError::bad_request(e.to_string()))
         .and_then(|id| CallId::parse(id).map_err(|e| ApiError::bad_request(e.to_string())))?;
-    let companies = payload
-        .company_ids()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let companies = payload.company_ids().map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !tenant.owns_company(&companies) {
         tracing::warn!(tenant_id = %tenant.id, call_id = %call_id, "webhook rejected: company not owned by tenant");
-        return Err(ApiError::forbidden(
-            "the payload's company does not belong to this tenant",
-        ));
+        return Err(ApiError::forbidden("the payload's company does not belong to this tenant"));
     }
     let digest = hex::encode(Sha256::digest(&body));
     let (kind, dedupe_key) = match payload.kind() {
@@ -194,16 +180,9 @@ pub async fn form(
         return Err(ApiError::unsupported_media_type("application/json"));
     }
     let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
-    let refs = tenant
-        .forms
-        .as_ref()
-        .map(|f| f.signing_keys.as_slice())
-        .unwrap_or_default();
+    let refs = tenant.forms.as_ref().map(|f| f.signing_keys.as_slice()).unwrap_or_default();
     let secrets = keys(&service, &tenant, refs).await;
-    let keys: Vec<Vec<u8>> = secrets
-        .iter()
-        .filter_map(|s| signature::standard_webhooks_key(s).ok())
-        .collect();
+    let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| signature::standard_webhooks_key(s).ok()).collect();
     let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let headers = StandardWebhookHeaders {
         id: header(&parts.headers, "webhook-id"),

@@ -156,18 +156,9 @@ async fn no_route() -> ApiError {
 
 pub fn app(service: Service) -> Router {
     Router::new()
-        .route(
-            "/webhooks/callrail/{tenant}",
-            post(intake::callrail).fallback(method_not_allowed),
-        )
-        .route(
-            "/webhooks/forms/{tenant}",
-            post(intake::form).fallback(method_not_allowed),
-        )
-        .route(
-            "/internal/outbox/drain",
-            post(outbox::drain_endpoint).fallback(method_not_allowed),
-        )
+        .route("/webhooks/callrail/{tenant}", post(intake::callrail).fallback(method_not_allowed))
+        .route("/webhooks/forms/{tenant}", post(intake::form).fallback(method_not_allowed))
+        .route("/internal/outbox/drain", post(outbox::drain_endpoint).fallback(method_not_allowed))
         .fallback(no_route)
         .with_state(service)
 }

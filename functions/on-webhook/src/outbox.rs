@@ -47,36 +47,38 @@ fn unit_random() -> f64 {
 }
 
 fn analytics_work(row: &AnalyticsRow) -> NewWork {
-    NewWork {
-        kind: WorkKind::Analytics,
-        payload: serde_json::to_value(row).expect("rows serialize"),
-    }
+    NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(row).expect("rows serialize") }
+}
+
+/// How a fetch ended, as the analytics row records it.
+struct End<'a> {
+    to: CallState,
+    outcome: &'a str,
+    reason: Option<&'a str>,
+    bytes: Option<u64>,
 }
 
 /// The stage row for a fetch outcome, on the call as it will stand after the transition.
 fn fetch_row(
     call: &CallRecord,
-    to: CallState,
-    reason: Option<&str>,
-    outcome: &str,
     item: &WorkItem,
     started: Instant,
-    bytes: Option<u64>,
     at: chrono::DateTime<chrono::Utc>,
+    end: End<'_>,
 ) -> NewWork {
     let mut after = call.clone();
-    after.state = to;
+    after.state = end.to;
     let row = StageEvent {
         call: &after,
         stage: STAGE,
-        outcome,
+        outcome: end.outcome,
         event_kind: Some("fetch_recording"),
         at,
         stage_duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
         attempts: Some(item.attempts),
-        bytes,
+        bytes: end.bytes,
         cost_usd: None,
-        reason,
+        reason: end.reason,
     }
     .into_row(&item.id.to_string());
     analytics_work(&row)
@@ -110,11 +112,7 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         Ok(k) => k,
         Err(e) => return retry(service, &item, &format!("CallRail API key: {e}"), None).await,
     };
-    let download = match service
-        .callrail
-        .recording(&cr.account_id, &item.call_id, &api_key)
-        .await
-    {
+    let download = match service.callrail.recording(&cr.account_id, &item.call_id, &api_key).await {
         Ok(d) => d,
         Err(VendorError::NotFound) => {
             let reason = callflow::domain::intake::REASON_NO_RECORDING;
@@ -127,13 +125,10 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                 }),
                 follow_up: vec![fetch_row(
                     &call,
-                    CallState::Skipped,
-                    Some(reason),
-                    "no_recording",
                     &item,
                     started,
-                    None,
                     now,
+                    End { to: CallState::Skipped, outcome: "no_recording", reason: Some(reason), bytes: None },
                 )],
                 dead_letter: None,
             };
@@ -148,10 +143,7 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         let reason = format!("CallRail served {media:?} instead of audio");
         return dead_letter(service, &item, Some(&call), &reason, started).await;
     }
-    if download
-        .content_length
-        .is_some_and(|n| n > service.settings.max_recording_bytes)
-    {
+    if download.content_length.is_some_and(|n| n > service.settings.max_recording_bytes) {
         return dead_letter(service, &item, Some(&call), "recording exceeds the size limit", started).await;
     }
     let name = format!("{}/{}.mp3", item.tenant_id, item.call_id);
@@ -163,11 +155,7 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
     let object = NewObject {
         bucket: &service.settings.recordings_bucket,
         name: &name,
-        content_type: if media == "application/octet-stream" {
-            "audio/mpeg"
-        } else {
-            &media
-        },
+        content_type: if media == "application/octet-stream" { "audio/mpeg" } else { &media },
         metadata,
         max_bytes: service.settings.max_recording_bytes,
     };
@@ -183,20 +171,19 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                 }),
                 follow_up: vec![fetch_row(
                     &call,
-                    CallState::RecordingStored,
-                    None,
-                    "recording_stored",
                     &item,
                     started,
-                    Some(info.size),
                     now,
+                    End {
+                        to: CallState::RecordingStored,
+                        outcome: "recording_stored",
+                        reason: None,
+                        bytes: Some(info.size),
+                    },
                 )],
                 dead_letter: None,
             };
-            let outcome = FetchOutcome::Stored {
-                object: location,
-                bytes: info.size,
-            };
+            let outcome = FetchOutcome::Stored { object: location, bytes: info.size };
             finish(service, &item, completion, outcome).await
         }
         Err(e) if e.retryable => retry(service, &item, &format!("storing recording: {e}"), None).await,
@@ -213,10 +200,7 @@ async fn finish(service: &Service, item: &WorkItem, completion: Completion, outc
         }
         Ok(false) => FetchOutcome::LeaseLost,
         // Not recorded: the lease runs out and the item is fetched again; storing the object twice is harmless.
-        Err(e) => FetchOutcome::Retrying {
-            after: FETCH_LEASE,
-            error: e.message,
-        },
+        Err(e) => FetchOutcome::Retrying { after: FETCH_LEASE, error: e.message },
     }
 }
 
@@ -230,14 +214,8 @@ async fn retry(service: &Service, item: &WorkItem, error: &str, floor: Option<Du
     tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "recording fetch failed; will retry");
     let at = not_before(service.clock.now(), delay);
     match service.state.retry_work(item, at, error).await {
-        Ok(()) => FetchOutcome::Retrying {
-            after: delay,
-            error: error.to_owned(),
-        },
-        Err(e) => FetchOutcome::Retrying {
-            after: FETCH_LEASE,
-            error: e.message,
-        },
+        Ok(()) => FetchOutcome::Retrying { after: delay, error: error.to_owned() },
+        Err(e) => FetchOutcome::Retrying { after: FETCH_LEASE, error: e.message },
     }
 }
 
@@ -252,16 +230,8 @@ async fn dead_letter(
     let now = service.clock.now();
     let follow_up = call
         .map(|c| {
-            vec![fetch_row(
-                c,
-                CallState::DeadLettered,
-                Some(reason),
-                "dead_lettered",
-                item,
-                started,
-                None,
-                now,
-            )]
+            let end = End { to: CallState::DeadLettered, outcome: "dead_lettered", reason: Some(reason), bytes: None };
+            vec![fetch_row(c, item, started, now, end)]
         })
         .unwrap_or_default();
     let completion = Completion {
@@ -273,24 +243,12 @@ async fn dead_letter(
         follow_up,
         dead_letter: Some(reason.to_owned()),
     };
-    finish(
-        service,
-        item,
-        completion,
-        FetchOutcome::DeadLettered {
-            reason: reason.to_owned(),
-        },
-    )
-    .await
+    finish(service, item, completion, FetchOutcome::DeadLettered { reason: reason.to_owned() }).await
 }
 
 /// Send due analytics rows to the sink in one batch. Returns how many were delivered.
 pub async fn flush_analytics(service: &Service) -> usize {
-    let items = match service
-        .state
-        .claim_work(&[WorkKind::Analytics], ANALYTICS_BATCH, ANALYTICS_LEASE)
-        .await
-    {
+    let items = match service.state.claim_work(&[WorkKind::Analytics], ANALYTICS_BATCH, ANALYTICS_LEASE).await {
         Ok(items) if !items.is_empty() => items,
         Ok(_) => return 0,
         Err(e) => {
@@ -306,22 +264,15 @@ pub async fn flush_analytics(service: &Service) -> usize {
                 good.push(item);
             }
             Err(e) => {
-                let poison = Completion {
-                    dead_letter: Some(format!("unreadable analytics row: {e}")),
-                    ..Completion::default()
-                };
+                let poison =
+                    Completion { dead_letter: Some(format!("unreadable analytics row: {e}")), ..Completion::default() };
                 let _ = service.state.complete_work(&item, poison).await;
             }
         }
     }
     match service.analytics.insert(&rows).await {
-        Ok(()) => {
-            let done = futures::future::join_all(
-                good.iter()
-                    .map(|i| service.state.complete_work(i, Completion::default())),
-            );
-            done.await.into_iter().filter(|r| matches!(r, Ok(true))).count()
-        }
+        // If this fails the rows are delivered again when their lease ends; the sink drops them by insert_id.
+        Ok(()) => service.state.complete_batch(&good).await.unwrap_or(0),
         Err(e) => {
             tracing::warn!(error = %e, rows = rows.len(), "analytics insert failed; will retry");
             let policy = callflow::domain::work::RetryPolicy {
@@ -330,13 +281,8 @@ pub async fn flush_analytics(service: &Service) -> usize {
                 max: Duration::from_secs(300),
             };
             for item in &good {
-                let delay = policy
-                    .next_delay(item.attempts, unit_random(), None)
-                    .unwrap_or(policy.max);
-                let _ = service
-                    .state
-                    .retry_work(item, not_before(service.clock.now(), delay), &e.message)
-                    .await;
+                let delay = policy.next_delay(item.attempts, unit_random(), None).unwrap_or(policy.max);
+                let _ = service.state.retry_work(item, not_before(service.clock.now(), delay), &e.message).await;
             }
             0
         }
@@ -355,11 +301,8 @@ pub async fn drain_pass(service: &Service) -> (usize, Vec<FetchOutcome>) {
         }
     }
     let limit = service.settings.fetch_concurrency.max(1);
-    let items = service
-        .state
-        .claim_work(&[WorkKind::FetchRecording], 10 * limit, FETCH_LEASE)
-        .await
-        .unwrap_or_default();
+    let items =
+        service.state.claim_work(&[WorkKind::FetchRecording], 10 * limit, FETCH_LEASE).await.unwrap_or_default();
     let outcomes = futures::stream::iter(items)
         .map(|item| process_fetch(service, item))
         .buffer_unordered(limit)
@@ -379,9 +322,7 @@ pub async fn drain_endpoint(State(service): State<Service>) -> Result<Json<Value
         return Err(ApiError::too_many_requests(1));
     }
     let (analytics, fetches) = drain_pass(&service).await;
-    Ok(Json(
-        json!({ "analytics_rows": analytics, "recording_fetches": fetches.len() }),
-    ))
+    Ok(Json(json!({ "analytics_rows": analytics, "recording_fetches": fetches.len() })))
 }
 
 /// The background worker: claims fetches as permits free up and flushes analytics, sleeping until the next
@@ -395,19 +336,11 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         let mut busy = flush_analytics(&service).await > 0;
         let free = permits.available_permits();
         if free > 0 {
-            match service
-                .state
-                .claim_work(&[WorkKind::FetchRecording], free, FETCH_LEASE)
-                .await
-            {
+            match service.state.claim_work(&[WorkKind::FetchRecording], free, FETCH_LEASE).await {
                 Ok(items) => {
                     busy |= !items.is_empty();
                     for item in items {
-                        let permit = permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("semaphore is never closed");
+                        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
                         let svc = service.clone();
                         tasks.spawn(async move {
                             process_fetch(&svc, item).await;
@@ -425,12 +358,7 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         if busy {
             continue;
         }
-        let due = service
-            .state
-            .next_due(&[WorkKind::FetchRecording, WorkKind::Analytics])
-            .await
-            .ok()
-            .flatten();
+        let due = service.state.next_due(&[WorkKind::FetchRecording, WorkKind::Analytics]).await.ok().flatten();
         let wait = due
             .map(|at| (at - service.clock.now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(IDLE_POLL)

@@ -14,11 +14,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start(data: &Path, callrail: &str, port: u16, log: &Path) -> Child {
@@ -38,12 +34,7 @@ fn start(data: &Path, callrail: &str, port: u16, log: &Path) -> Child {
 async fn wait_healthy(client: &reqwest::Client, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        if client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -53,8 +44,7 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
 
 fn state_of(data: &Path) -> Option<String> {
     let conn = rusqlite::Connection::open(data.join("state.sqlite")).ok()?;
-    conn.query_row("SELECT state FROM calls WHERE call_id = ?1", [CALL], |r| r.get(0))
-        .ok()
+    conn.query_row("SELECT state FROM calls WHERE call_id = ?1", [CALL], |r| r.get(0)).ok()
 }
 
 async fn mount_recording(mock: &MockServer, audio_delay: Duration) {
@@ -67,9 +57,7 @@ async fn mount_recording(mock: &MockServer, audio_delay: Duration) {
     Mock::given(method("GET"))
         .and(path_regex("/audio/"))
         .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw(&b"ID3 survived"[..], "audio/mpeg")
-                .set_delay(audio_delay),
+            ResponseTemplate::new(200).set_body_raw(&b"ID3 survived"[..], "audio/mpeg").set_delay(audio_delay),
         )
         .mount(mock)
         .await;
@@ -98,23 +86,13 @@ async fn a_crash_after_the_answer_loses_nothing() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !mock
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.url.path().starts_with("/audio/"))
-    {
+    while !mock.received_requests().await.unwrap().iter().any(|r| r.url.path().starts_with("/audio/")) {
         assert!(Instant::now() < deadline, "the fetch never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap(); // SIGKILL: no chance to clean up.
     child.wait().unwrap();
-    assert_eq!(
-        state_of(&data).as_deref(),
-        Some("received"),
-        "the call must be recorded before the 200"
-    );
+    assert_eq!(state_of(&data).as_deref(), Some("received"), "the call must be recorded before the 200");
 
     mock.reset().await;
     mount_recording(&mock, Duration::ZERO).await;
@@ -122,11 +100,7 @@ async fn a_crash_after_the_answer_loses_nothing() {
     let mut child = start(&data, &mock.uri(), port, &log);
     let deadline = Instant::now() + Duration::from_secs(15);
     while state_of(&data).as_deref() != Some("recording_stored") {
-        assert!(
-            Instant::now() < deadline,
-            "the interrupted fetch was not resumed: {:?}",
-            state_of(&data)
-        );
+        assert!(Instant::now() < deadline, "the interrupted fetch was not resumed: {:?}", state_of(&data));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let object = data.join("objects/recordings").join(ACME).join(format!("{CALL}.mp3"));
@@ -134,10 +108,7 @@ async fn a_crash_after_the_answer_loses_nothing() {
 
     // SIGTERM: drains and exits by itself, well inside Cloud Run's 10 s.
     let stopped = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -148,10 +119,7 @@ async fn a_crash_after_the_answer_loses_nothing() {
     assert!(status.success(), "{status}");
 
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        logs.contains("\"severity\":\"INFO\""),
-        "logs are not Cloud Logging JSON: {logs}"
-    );
+    assert!(logs.contains("\"severity\":\"INFO\""), "logs are not Cloud Logging JSON: {logs}");
     for pii in ["5125550143", "Dana Whitfield"] {
         assert!(!logs.contains(pii), "a log line carries {pii}");
     }

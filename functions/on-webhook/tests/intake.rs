@@ -12,29 +12,20 @@ const NEW_IDS: &str = "callrail/post-call-resource-ids.json";
 fn nothing_stored(h: &Harness) {
     assert_eq!(h.count("SELECT COUNT(*) FROM calls"), 0, "a call was stored");
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox"), 0, "work was queued");
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM intake_ledger"),
-        0,
-        "the ledger was written"
-    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM intake_ledger"), 0, "the ledger was written");
 }
 
 fn assert_error(status: StatusCode, body: &serde_json::Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 #[tokio::test]
 async fn callrails_documented_sample_is_accepted_and_recorded_with_its_work() {
     let h = harness().await;
     let body = fixture(DOCS);
-    let (status, json) = h
-        .send(callrail_request(ACME, &body, Some("UZAHbUdfm3GqL7qzilGozGzWV64=")))
-        .await;
+    let (status, json) = h.send(callrail_request(ACME, &body, Some("UZAHbUdfm3GqL7qzilGozGzWV64="))).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(json["call_id"], "766970532");
     assert_eq!(json["duplicate"], false);
@@ -52,9 +43,7 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
 
     let (s, j) = h.send(callrail_request(ACME, &body, None)).await;
     assert_error(s, &j, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (s, j) = h
-        .send(callrail_request(ACME, &body, Some(&sign(b"wrong key", &body))))
-        .await;
+    let (s, j) = h.send(callrail_request(ACME, &body, Some(&sign(b"wrong key", &body)))).await;
     assert_error(s, &j, StatusCode::UNAUTHORIZED, "unauthorized");
     let (s, j) = h.send(callrail_request(ACME, &body, Some("not-base64!!"))).await;
     assert_error(s, &j, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -74,21 +63,10 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
     assert_error(s, &j, StatusCode::BAD_REQUEST, "bad_request");
     let (s, j) = h.post_callrail(ACME, b"[]", ACME_KEY).await;
     assert_error(s, &j, StatusCode::BAD_REQUEST, "bad_request");
-    let (s, j) = h
-        .post_callrail(
-            ACME,
-            br#"{"company_resource_id": "COM8154748ae6bd4e278a7cddd38a662f4f"}"#,
-            ACME_KEY,
-        )
-        .await;
+    let (s, j) =
+        h.post_callrail(ACME, br#"{"company_resource_id": "COM8154748ae6bd4e278a7cddd38a662f4f"}"#, ACME_KEY).await;
     assert_error(s, &j, StatusCode::BAD_REQUEST, "bad_request");
-    let (s, j) = h
-        .post_callrail(
-            ACME,
-            br#"{"resource_id": "CAL/../x", "company_id": 155920786}"#,
-            ACME_KEY,
-        )
-        .await;
+    let (s, j) = h.post_callrail(ACME, br#"{"resource_id": "CAL/../x", "company_id": 155920786}"#, ACME_KEY).await;
     assert_error(s, &j, StatusCode::BAD_REQUEST, "bad_request");
 
     let mut huge = b"{\"resource_id\": \"CAL1\", \"pad\": \"".to_vec();
@@ -97,11 +75,8 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
     let (s, j) = h.post_callrail(ACME, &huge, ACME_KEY).await;
     assert_error(s, &j, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     // Same without a Content-Length: counted while reading.
-    let stream = futures::stream::iter(
-        huge.chunks(64 * 1024)
-            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
-            .collect::<Vec<_>>(),
-    );
+    let stream =
+        futures::stream::iter(huge.chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
     let req = Request::post(format!("/webhooks/callrail/{ACME}"))
         .header("content-type", "application/json")
         .header("signature", sign(ACME_KEY, &huge))
@@ -110,9 +85,7 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
     let (s, j) = h.send(req).await;
     assert_error(s, &j, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
-    let req = Request::get(format!("/webhooks/callrail/{ACME}"))
-        .body(Body::empty())
-        .unwrap();
+    let req = Request::get(format!("/webhooks/callrail/{ACME}")).body(Body::empty()).unwrap();
     let (s, j) = h.send(req).await;
     assert_error(s, &j, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
@@ -146,14 +119,8 @@ async fn one_tenants_key_never_touches_another_tenant() {
     nothing_stored(&h);
     let (s, j) = h.post_callrail(BAYSIDE, &bay_body, BAYSIDE_KEY).await;
     assert_eq!(s, StatusCode::OK, "{j}");
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM calls WHERE tenant_id = 'bayside-baths'"),
-        1
-    );
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM calls WHERE tenant_id = 'acme-remodeling'"),
-        0
-    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM calls WHERE tenant_id = 'bayside-baths'"), 1);
+    assert_eq!(h.count("SELECT COUNT(*) FROM calls WHERE tenant_id = 'acme-remodeling'"), 0);
 }
 
 #[tokio::test]
@@ -193,16 +160,10 @@ async fn a_tenant_without_keys_rejects_everything() {
     let mut settings = test_settings(dir.path().to_owned(), "http://127.0.0.1:9".into());
     settings.tenants_file = tenants;
     let service = on_webhook::Service::embedded(&settings).await.unwrap();
-    let h = Harness {
-        service,
-        dir,
-        callrail: wiremock::MockServer::start().await,
-    };
+    let h = Harness { service, dir, callrail: wiremock::MockServer::start().await };
     let body = fixture(DOCS);
     for tenant in ["nokeys", "missing-secret"] {
-        let (s, j) = h
-            .send(callrail_request(tenant, &body, Some("UZAHbUdfm3GqL7qzilGozGzWV64=")))
-            .await;
+        let (s, j) = h.send(callrail_request(tenant, &body, Some("UZAHbUdfm3GqL7qzilGozGzWV64="))).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{tenant}: {j}");
         // Without any signature header either.
         let (s, _) = h.send(callrail_request(tenant, &body, None)).await;
@@ -228,8 +189,7 @@ async fn a_redelivered_call_answers_200_and_does_nothing_new() {
 async fn fifty_concurrent_deliveries_make_one_call_and_one_fetch() {
     let h = harness().await;
     let call = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
-    h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, call, b"ID3 fake mp3")
-        .await;
+    h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, call, b"ID3 fake mp3").await;
     let body = fixture(NEW_IDS);
     let sig = sign(ACME_KEY, &body);
     let app = on_webhook::app(h.service.clone());
@@ -242,10 +202,7 @@ async fn fifty_concurrent_deliveries_make_one_call_and_one_fetch() {
         })
     }))
     .await;
-    assert!(
-        answers.iter().all(|s| *s.as_ref().unwrap() == StatusCode::OK),
-        "{answers:?}"
-    );
+    assert!(answers.iter().all(|s| *s.as_ref().unwrap() == StatusCode::OK), "{answers:?}");
     assert_eq!(h.count("SELECT COUNT(*) FROM calls"), 1);
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 1);
     // Drain twice: the second pass must find nothing to fetch.
@@ -253,38 +210,21 @@ async fn fifty_concurrent_deliveries_make_one_call_and_one_fetch() {
     let (_, second) = on_webhook::outbox::drain_pass(&h.service).await;
     assert_eq!((first.len(), second.len()), (1, 0));
     let fetches = h.callrail.received_requests().await.unwrap();
-    assert_eq!(
-        fetches
-            .iter()
-            .filter(|r| r.url.path().ends_with("recording.json"))
-            .count(),
-        1
-    );
-    assert_eq!(
-        h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'created'"),
-        1
-    );
+    assert_eq!(fetches.iter().filter(|r| r.url.path().ends_with("recording.json")).count(), 1);
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'created'"), 1);
 }
 
 #[tokio::test]
 async fn a_late_recording_in_call_modified_moves_the_call_forward() {
     let h = harness().await;
     let call = "CALlaterecording000000000000000000001";
-    let (s, j) = h
-        .post_callrail(ACME, &fixture("callrail/post-call-recording-pending.json"), ACME_KEY)
-        .await;
+    let (s, j) = h.post_callrail(ACME, &fixture("callrail/post-call-recording-pending.json"), ACME_KEY).await;
     assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("skipped")));
-    assert_eq!(
-        h.call_state(call),
-        Some(("skipped".into(), Some("no_recording".into())))
-    );
+    assert_eq!(h.call_state(call), Some(("skipped".into(), Some("no_recording".into()))));
     h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, call, b"ID3 late").await;
     let modified = fixture("callrail/call-modified-recording.json");
     let (s, j) = h.post_callrail(ACME, &modified, ACME_KEY).await;
-    assert_eq!(
-        (s, j["state"].as_str(), j["duplicate"].as_bool()),
-        (StatusCode::OK, Some("received"), Some(false))
-    );
+    assert_eq!((s, j["state"].as_str(), j["duplicate"].as_bool()), (StatusCode::OK, Some("received"), Some(false)));
     // The same call-modified again is a duplicate.
     let (_, j) = h.post_callrail(ACME, &modified, ACME_KEY).await;
     assert_eq!(j["duplicate"], true);
@@ -296,23 +236,12 @@ async fn a_late_recording_in_call_modified_moves_the_call_forward() {
 #[tokio::test]
 async fn unanswered_calls_are_parked_with_their_reason_and_fetch_nothing() {
     let h = harness().await;
-    let (s, j) = h
-        .post_callrail(ACME, &fixture("callrail/post-call-unanswered.json"), ACME_KEY)
-        .await;
+    let (s, j) = h.post_callrail(ACME, &fixture("callrail/post-call-unanswered.json"), ACME_KEY).await;
     assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("skipped")));
-    assert_eq!(
-        h.call_state("CALunanswered00000000000000000000001")
-            .unwrap()
-            .1
-            .as_deref(),
-        Some("unanswered")
-    );
+    assert_eq!(h.call_state("CALunanswered00000000000000000000001").unwrap().1.as_deref(), Some("unanswered"));
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
     on_webhook::outbox::drain_pass(&h.service).await;
-    assert_eq!(
-        h.analytics("SELECT COUNT(*) FROM stage_events WHERE reason = 'unanswered'"),
-        1
-    );
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE reason = 'unanswered'"), 1);
 }
 
 #[tokio::test]
@@ -322,20 +251,10 @@ async fn repeated_signature_failures_are_throttled_but_valid_webhooks_never_are(
     let limit = h.service.settings.auth_failures_per_minute as usize;
     let mut statuses = Vec::new();
     for _ in 0..limit + 5 {
-        statuses.push(
-            h.send(callrail_request(ACME, &body, Some(&sign(b"bad", &body))))
-                .await
-                .0,
-        );
+        statuses.push(h.send(callrail_request(ACME, &body, Some(&sign(b"bad", &body)))).await.0);
     }
-    assert!(
-        statuses[..limit].iter().all(|s| *s == StatusCode::UNAUTHORIZED),
-        "{statuses:?}"
-    );
-    assert!(
-        statuses[limit..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
-        "{statuses:?}"
-    );
+    assert!(statuses[..limit].iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert!(statuses[limit..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
     // Same source address, valid signatures: a burst goes through untouched.
     for i in 0..200 {
         let mut hook: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -351,16 +270,12 @@ async fn signed_forms_are_accepted_once_and_bad_ones_are_refused() {
     let h = harness().await;
     let body = fixture("forms/estimate-request.json");
     let now = chrono::Utc::now().timestamp();
-    let (s, j) = h
-        .send(form_request(ACME, ACME_FORMS, "msg_estimate_1", now, &body))
-        .await;
+    let (s, j) = h.send(form_request(ACME, ACME_FORMS, "msg_estimate_1", now, &body)).await;
     assert_eq!(s, StatusCode::OK, "{j}");
     let call_id = j["call_id"].as_str().unwrap().to_owned();
     assert!(call_id.starts_with("FRM"));
     // The sender retries the same message: same lead, nothing new.
-    let (s, j) = h
-        .send(form_request(ACME, ACME_FORMS, "msg_estimate_1", now, &body))
-        .await;
+    let (s, j) = h.send(form_request(ACME, ACME_FORMS, "msg_estimate_1", now, &body)).await;
     assert_eq!(
         (s, j["duplicate"].as_bool(), j["call_id"].as_str()),
         (StatusCode::OK, Some(true), Some(call_id.as_str()))
@@ -371,13 +286,7 @@ async fn signed_forms_are_accepted_once_and_bad_ones_are_refused() {
     assert_eq!(h.send(stale).await.0, StatusCode::UNAUTHORIZED);
     let other_tenant = form_request(BAYSIDE, ACME_FORMS, "msg_estimate_3", now, &body);
     assert_eq!(h.send(other_tenant).await.0, StatusCode::UNAUTHORIZED);
-    let no_contact = form_request(
-        ACME,
-        ACME_FORMS,
-        "msg_estimate_4",
-        now,
-        br#"{"name": "Anon", "message": "hi"}"#,
-    );
+    let no_contact = form_request(ACME, ACME_FORMS, "msg_estimate_4", now, br#"{"name": "Anon", "message": "hi"}"#);
     assert_eq!(h.send(no_contact).await.0, StatusCode::BAD_REQUEST);
     let mut unsigned = form_request(ACME, ACME_FORMS, "msg_estimate_5", now, &body);
     unsigned.headers_mut().remove("webhook-signature");
@@ -395,11 +304,7 @@ async fn form_floods_are_limited_per_tenant() {
     for i in 0..70 {
         let body = format!(r#"{{"phone": "+1619555{i:04}"}}"#);
         let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-        match h
-            .send(form_request(BAYSIDE, secret, &format!("msg_{i}"), now, body.as_bytes()))
-            .await
-            .0
-        {
+        match h.send(form_request(BAYSIDE, secret, &format!("msg_{i}"), now, body.as_bytes())).await.0 {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => limited += 1,
             other => panic!("unexpected {other}"),
@@ -408,10 +313,7 @@ async fn form_floods_are_limited_per_tenant() {
     assert_eq!((ok, limited), (60, 10));
     // Acme's budget is its own.
     let body = fixture("forms/estimate-request.json");
-    assert_eq!(
-        h.send(form_request(ACME, ACME_FORMS, "msg_acme", now, &body)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(h.send(form_request(ACME, ACME_FORMS, "msg_acme", now, &body)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -15,21 +15,15 @@ use wiremock::{Mock, ResponseTemplate};
 const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 
 async fn accept_call(h: &Harness) {
-    let (s, j) = h
-        .post_callrail(ACME, &fixture("callrail/post-call-resource-ids.json"), ACME_KEY)
-        .await;
+    let (s, j) = h.post_callrail(ACME, &fixture("callrail/post-call-resource-ids.json"), ACME_KEY).await;
     assert_eq!(s, StatusCode::OK, "{j}");
 }
 
 /// Claim the call's fetch (waiting out its backoff) and run it once.
 async fn fetch_once(h: &Harness) -> FetchOutcome {
     for _ in 0..200 {
-        let mut items = h
-            .service
-            .state
-            .claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let mut items =
+            h.service.state.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap();
         if let Some(item) = items.pop() {
             return process_fetch(&h.service, item).await;
         }
@@ -51,33 +45,15 @@ async fn a_recording_is_streamed_into_the_bucket_with_its_metadata() {
     let audio: &'static [u8] = &[0x49, 0x44, 0x33, 4, 0, 0, 0, 0, 0, 0, 1, 2, 3];
     h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, CALL, audio).await;
     let outcome = fetch_once(&h).await;
-    assert_eq!(
-        outcome,
-        FetchOutcome::Stored {
-            object: format!("recordings/{ACME}/{CALL}.mp3"),
-            bytes: 13
-        }
-    );
+    assert_eq!(outcome, FetchOutcome::Stored { object: format!("recordings/{ACME}/{CALL}.mp3"), bytes: 13 });
     assert_eq!(std::fs::read(h.object_path(ACME, CALL)).unwrap(), audio);
-    let info = h
-        .service
-        .objects
-        .head("recordings", &format!("{ACME}/{CALL}.mp3"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (info.metadata["tenant_id"].as_str(), info.metadata["call_id"].as_str()),
-        (ACME, CALL)
-    );
+    let info = h.service.objects.head("recordings", &format!("{ACME}/{CALL}.mp3")).await.unwrap().unwrap();
+    assert_eq!((info.metadata["tenant_id"].as_str(), info.metadata["call_id"].as_str()), (ACME, CALL));
     assert_eq!(info.content_type, "audio/mpeg");
     assert_eq!(h.call_state(CALL).unwrap().0, "recording_stored");
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
     on_webhook::outbox::drain_pass(&h.service).await;
-    assert_eq!(
-        h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'recording_stored' AND bytes = 13"),
-        1
-    );
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'recording_stored' AND bytes = 13"), 1);
 }
 
 #[tokio::test]
@@ -86,10 +62,7 @@ async fn no_recording_at_callrail_parks_the_call_with_that_reason() {
     accept_call(&h).await;
     recording_json(404).mount(&h.callrail).await;
     assert_eq!(fetch_once(&h).await, FetchOutcome::NoRecording);
-    assert_eq!(
-        h.call_state(CALL),
-        Some(("skipped".into(), Some("no_recording".into())))
-    );
+    assert_eq!(h.call_state(CALL), Some(("skipped".into(), Some("no_recording".into()))));
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
 }
 
@@ -112,10 +85,7 @@ async fn rate_limits_are_retried_honouring_retry_after() {
         other => panic!("{other:?}"),
     }
     // Nothing is lost while it waits: still queued, call still received.
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording' AND last_error IS NOT NULL"),
-        1
-    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording' AND last_error IS NOT NULL"), 1);
     assert_eq!(h.call_state(CALL).unwrap().0, "received");
 }
 
@@ -143,19 +113,15 @@ async fn a_lasting_outage_ends_in_a_dead_letter_after_the_attempt_budget() {
     assert!(matches!(fetch_once(&h).await, FetchOutcome::Retrying { .. }));
     assert!(matches!(fetch_once(&h).await, FetchOutcome::Retrying { .. }));
     match fetch_once(&h).await {
-        FetchOutcome::DeadLettered { reason } => assert!(
-            reason.contains("after 3 attempts") && reason.contains("500"),
-            "{reason}"
-        ),
+        FetchOutcome::DeadLettered { reason } => {
+            assert!(reason.contains("after 3 attempts") && reason.contains("500"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     let (state, reason) = h.call_state(CALL).unwrap();
     assert_eq!(state, "dead_lettered");
     assert!(reason.unwrap().contains("500"));
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM dead_letters WHERE kind = 'fetch_recording' AND attempts = 3"),
-        1
-    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM dead_letters WHERE kind = 'fetch_recording' AND attempts = 3"), 1);
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
     assert_eq!(h.callrail.received_requests().await.unwrap().len(), 3);
 }
@@ -173,47 +139,27 @@ async fn a_slow_api_times_out_and_is_retried() {
         .up_to_n_times(1)
         .mount(&h.callrail)
         .await;
-    h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, CALL, b"ID3 after slow")
-        .await;
+    h.serve_recording(ACME_ACCOUNT, ACME_API_KEY, CALL, b"ID3 after slow").await;
     let started = std::time::Instant::now();
     match fetch_once(&h).await {
         FetchOutcome::Retrying { error, .. } => assert!(error.contains("timed out"), "{error}"),
         other => panic!("{other:?}"),
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the timeout did not cut the call short"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "the timeout did not cut the call short");
     assert!(matches!(fetch_once(&h).await, FetchOutcome::Stored { .. }));
 }
 
 #[tokio::test]
 async fn nonsense_from_callrail_is_dead_lettered_not_stored() {
     for (case, template) in [
-        (
-            "malformed json",
-            ResponseTemplate::new(200).set_body_string("{\"url\": "),
-        ),
-        (
-            "no url",
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": 1})),
-        ),
-        (
-            "401",
-            ResponseTemplate::new(401).set_body_string("HTTP Token: Access denied."),
-        ),
+        ("malformed json", ResponseTemplate::new(200).set_body_string("{\"url\": ")),
+        ("no url", ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": 1}))),
+        ("401", ResponseTemplate::new(401).set_body_string("HTTP Token: Access denied.")),
     ] {
         let h = harness().await;
         accept_call(&h).await;
-        Mock::given(method("GET"))
-            .and(path_regex("recording.json$"))
-            .respond_with(template)
-            .mount(&h.callrail)
-            .await;
-        assert!(
-            matches!(fetch_once(&h).await, FetchOutcome::DeadLettered { .. }),
-            "{case}"
-        );
+        Mock::given(method("GET")).and(path_regex("recording.json$")).respond_with(template).mount(&h.callrail).await;
+        assert!(matches!(fetch_once(&h).await, FetchOutcome::DeadLettered { .. }), "{case}");
         assert_eq!(h.call_state(CALL).unwrap().0, "dead_lettered", "{case}");
         assert!(!h.object_path(ACME, CALL).exists(), "{case}");
     }
@@ -252,15 +198,8 @@ async fn the_background_worker_fetches_without_being_asked() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(h.call_state(CALL).unwrap().0, "recording_stored");
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM outbox"),
-        0,
-        "analytics rows were not flushed"
-    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM outbox"), 0, "analytics rows were not flushed");
     assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events"), 2);
     stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), worker)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), worker).await.unwrap().unwrap();
 }

@@ -38,11 +38,7 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 
 /// The error without its URL: the audio URL is pre-signed and must not reach a log.
 fn transport(e: reqwest::Error) -> VendorError {
-    if e.is_timeout() {
-        VendorError::Timeout
-    } else {
-        VendorError::Transport(e.without_url().to_string())
-    }
+    if e.is_timeout() { VendorError::Timeout } else { VendorError::Transport(e.without_url().to_string()) }
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, VendorError> {
@@ -54,15 +50,10 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, VendorError
         return Err(VendorError::NotFound);
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(VendorError::RateLimited {
-            retry_after: retry_after(&resp),
-        });
+        return Err(VendorError::RateLimited { retry_after: retry_after(&resp) });
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(VendorError::Status {
-        status: status.as_u16(),
-        message: body.chars().take(200).collect(),
-    })
+    Err(VendorError::Status { status: status.as_u16(), message: body.chars().take(200).collect() })
 }
 
 impl HttpCallRail {
@@ -112,32 +103,15 @@ impl CallRailClient for HttpCallRail {
             .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
             .ok_or_else(|| VendorError::Malformed("recording.json has no usable url".into()))?;
         // The audio URL is a pre-signed link: no API key goes with it.
-        let audio = self
-            .http
-            .get(&audio_url)
-            .timeout(self.download_timeout)
-            .send()
-            .await
-            .map_err(transport)?;
+        let audio = self.http.get(&audio_url).timeout(self.download_timeout).send().await.map_err(transport)?;
         let audio = check(audio).await?;
-        let content_type = audio
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type =
+            audio.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_length = audio.content_length();
         let body = audio.bytes_stream().map_err(|e| {
-            let kind = if e.is_timeout() {
-                std::io::ErrorKind::TimedOut
-            } else {
-                std::io::ErrorKind::Other
-            };
+            let kind = if e.is_timeout() { std::io::ErrorKind::TimedOut } else { std::io::ErrorKind::Other };
             std::io::Error::new(kind, e.without_url().to_string())
         });
-        Ok(RecordingDownload {
-            content_type,
-            content_length,
-            body: Box::pin(body),
-        })
+        Ok(RecordingDownload { content_type, content_length, body: Box::pin(body) })
     }
 }

@@ -56,10 +56,7 @@ impl DirObjectStore {
         if !valid_name(bucket) || bucket.contains('/') || !valid_name(name) {
             return Err(PortError::permanent(format!("invalid object name {bucket}/{name}")));
         }
-        Ok((
-            self.root.join(bucket).join(name),
-            self.root.join(".meta").join(bucket).join(format!("{name}.json")),
-        ))
+        Ok((self.root.join(bucket).join(name), self.root.join(".meta").join(bucket).join(format!("{name}.json"))))
     }
 
     async fn read_sidecar(path: &Path) -> PortResult<Option<Sidecar>> {
@@ -102,9 +99,7 @@ impl ObjectStore for DirObjectStore {
     async fn put(&self, object: NewObject<'_>, mut body: ByteStream) -> PortResult<ObjectInfo> {
         let (data_path, meta_path) = self.paths(object.bucket, object.name)?;
         let tmp_dir = self.root.join(".tmp");
-        tokio::fs::create_dir_all(&tmp_dir)
-            .await
-            .map_err(|e| io_err("create tmp dir", e))?;
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| io_err("create tmp dir", e))?;
         let tmp = tmp_dir.join(uuid::Uuid::new_v4().to_string());
         let result: PortResult<(u64, String, String)> = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_err("create", e))?;
@@ -113,10 +108,7 @@ impl ObjectStore for DirObjectStore {
                 let chunk = chunk.map_err(|e| PortError::retryable(format!("object store: source stream: {e}")))?;
                 size += chunk.len() as u64;
                 if size > object.max_bytes {
-                    return Err(PortError::permanent(format!(
-                        "object exceeds {} bytes",
-                        object.max_bytes
-                    )));
+                    return Err(PortError::permanent(format!("object exceeds {} bytes", object.max_bytes)));
                 }
                 md5.update(&chunk);
                 crc = crc32c::crc32c_append(crc, &chunk);
@@ -146,24 +138,16 @@ impl ObjectStore for DirObjectStore {
             created: now,
         };
         let data_dir = data_path.parent().expect("object paths have a parent");
-        tokio::fs::create_dir_all(data_dir)
-            .await
-            .map_err(|e| io_err("create bucket dir", e))?;
-        tokio::fs::rename(&tmp, &data_path)
-            .await
-            .map_err(|e| io_err("rename", e))?;
+        tokio::fs::create_dir_all(data_dir).await.map_err(|e| io_err("create bucket dir", e))?;
+        tokio::fs::rename(&tmp, &data_path).await.map_err(|e| io_err("rename", e))?;
         let meta = serde_json::to_vec(&sidecar).expect("sidecar serializes");
-        write_atomically(&tmp_dir, &meta_path, &meta)
-            .await
-            .map_err(|e| io_err("write metadata", e))?;
+        write_atomically(&tmp_dir, &meta_path, &meta).await.map_err(|e| io_err("write metadata", e))?;
         Ok(Self::info(object.bucket, object.name, sidecar))
     }
 
     async fn head(&self, bucket: &str, name: &str) -> PortResult<Option<ObjectInfo>> {
         let (_, meta_path) = self.paths(bucket, name)?;
-        Ok(Self::read_sidecar(&meta_path)
-            .await?
-            .map(|s| Self::info(bucket, name, s)))
+        Ok(Self::read_sidecar(&meta_path).await?.map(|s| Self::info(bucket, name, s)))
     }
 
     async fn get(&self, bucket: &str, name: &str) -> PortResult<Option<(ObjectInfo, Bytes)>> {
@@ -181,9 +165,7 @@ mod tests {
     use super::*;
 
     fn stream(chunks: Vec<&'static [u8]>) -> ByteStream {
-        Box::pin(futures::stream::iter(
-            chunks.into_iter().map(|c| Ok(Bytes::from_static(c))),
-        ))
+        Box::pin(futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))))
     }
 
     #[tokio::test]
@@ -202,18 +184,12 @@ mod tests {
         assert_eq!(a.size, 11);
         assert_eq!(a.md5_base64, "XrY7u+Ae7tCTyyK7j1rNww==");
         let (info, bytes) = store.get("rec", "acme/CAL1.mp3").await.unwrap().unwrap();
-        assert_eq!(
-            (&bytes[..], info.metadata["tenant_id"].as_str()),
-            (&b"hello world"[..], "acme")
-        );
+        assert_eq!((&bytes[..], info.metadata["tenant_id"].as_str()), (&b"hello world"[..], "acme"));
         let b = store.put(new(100), stream(vec![b"again"])).await.unwrap();
         assert!(b.generation > a.generation);
         // Too large: fails and leaves the previous object untouched.
         assert!(store.put(new(3), stream(vec![b"toolarge"])).await.is_err());
-        assert_eq!(
-            &store.get("rec", "acme/CAL1.mp3").await.unwrap().unwrap().1[..],
-            b"again"
-        );
+        assert_eq!(&store.get("rec", "acme/CAL1.mp3").await.unwrap().unwrap().1[..], b"again");
         assert!(store.head("rec", "../etc/passwd").await.is_err());
         assert!(store.head("rec", "acme/none.mp3").await.unwrap().is_none());
     }

@@ -18,9 +18,7 @@ pub struct LocalSecrets {
 
 impl LocalSecrets {
     pub fn new(base_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            base_dir: base_dir.into(),
-        }
+        Self { base_dir: base_dir.into() }
     }
 }
 
@@ -43,9 +41,7 @@ impl SecretSource for LocalSecrets {
                 Err(e) => Err(PortError::permanent(format!("secret {r}: {}: {e}", path.display()))),
             };
         }
-        Err(PortError::permanent(format!(
-            "secret {r}: unsupported reference (use env:NAME or file:PATH)"
-        )))
+        Err(PortError::permanent(format!("secret {r}: unsupported reference (use env:NAME or file:PATH)")))
     }
 }
 
@@ -58,11 +54,7 @@ pub struct CachedSecrets {
 
 impl CachedSecrets {
     pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration) -> Self {
-        Self {
-            inner,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { inner, ttl, cache: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -75,10 +67,7 @@ impl SecretSource for CachedSecrets {
             return Ok(s.clone());
         }
         let secret = self.inner.secret(reference).await?;
-        self.cache
-            .lock()
-            .expect("secret cache lock")
-            .insert(reference.clone(), (Instant::now(), secret.clone()));
+        self.cache.lock().expect("secret cache lock").insert(reference.clone(), (Instant::now(), secret.clone()));
         Ok(secret)
     }
 }

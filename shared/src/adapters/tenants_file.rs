@@ -78,10 +78,7 @@ mod tests {
         "#;
         let err = FileTenants::parse(three_keys).err().unwrap().to_string();
         assert!(err.contains("at most 2"), "{err}");
-        let err = FileTenants::parse("[[tenant]]\nid = \"Bad/Id\"\nname = \"x\"")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = FileTenants::parse("[[tenant]]\nid = \"Bad/Id\"\nname = \"x\"").err().unwrap().to_string();
         assert!(err.contains("invalid tenant id"), "{err}");
     }
 }

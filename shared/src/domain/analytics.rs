@@ -57,10 +57,7 @@ impl StageEvent<'_> {
                 fields.insert(k.to_owned(), v);
             }
         };
-        put(
-            "event_time",
-            json!(self.at.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        );
+        put("event_time", json!(self.at.to_rfc3339_opts(SecondsFormat::Micros, true)));
         put("tenant_id", json!(c.tenant_id.as_str()));
         put("call_id", json!(c.call_id.as_str()));
         put("stage", json!(self.stage));
@@ -80,16 +77,9 @@ impl StageEvent<'_> {
         put("bytes", json!(self.bytes));
         put("cost_usd", json!(self.cost_usd));
         put("reason", json!(self.reason));
-        let insert_id = format!(
-            "{}:{}:{}:{}:{}",
-            c.tenant_id, c.call_id, self.stage, self.outcome, discriminator
-        );
+        let insert_id = format!("{}:{}:{}:{}:{}", c.tenant_id, c.call_id, self.stage, self.outcome, discriminator);
         fields.insert("insert_id".into(), json!(insert_id));
-        AnalyticsRow {
-            table: STAGE_EVENTS_TABLE.into(),
-            insert_id,
-            fields,
-        }
+        AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id, fields }
     }
 }
 
@@ -134,10 +124,7 @@ mod tests {
             assert!(columns.contains(key), "{key} is not a column of {STAGE_EVENTS_TABLE}");
         }
         let text = serde_json::to_string(&row).unwrap();
-        assert!(
-            !text.contains("4559") && !text.contains("Kaylah"),
-            "PII in analytics: {text}"
-        );
+        assert!(!text.contains("4559") && !text.contains("Kaylah"), "PII in analytics: {text}");
         assert_eq!(row.fields["marketing_source"], "Google Ads");
     }
 }

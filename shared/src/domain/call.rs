@@ -239,16 +239,8 @@ mod tests {
 
     #[test]
     fn merge_keeps_known_fields() {
-        let mut a = LeadDetails {
-            customer_name: Some("Kay".into()),
-            duration_secs: Some(10),
-            ..Default::default()
-        };
-        let b = LeadDetails {
-            recording_url: Some("https://r".into()),
-            duration_secs: Some(12),
-            ..Default::default()
-        };
+        let mut a = LeadDetails { customer_name: Some("Kay".into()), duration_secs: Some(10), ..Default::default() };
+        let b = LeadDetails { recording_url: Some("https://r".into()), duration_secs: Some(12), ..Default::default() };
         a.merge_from(&b);
         assert_eq!(a.customer_name.as_deref(), Some("Kay"));
         assert_eq!(a.duration_secs, Some(12));

@@ -104,32 +104,19 @@ impl CallRailWebhook {
 
     /// The call id we key on: the resource id when CallRail sends one, the legacy numeric id otherwise.
     pub fn call_id(&self) -> Result<&str, PayloadError> {
-        self.resource_id
-            .as_deref()
-            .or(self.id.as_deref())
-            .ok_or(PayloadError::MissingCallId)
+        self.resource_id.as_deref().or(self.id.as_deref()).ok_or(PayloadError::MissingCallId)
     }
 
     /// Every company id the payload names (resource and/or numeric); the tenant must own one of them.
     pub fn company_ids(&self) -> Result<Vec<&str>, PayloadError> {
-        let ids: Vec<&str> = [self.company_resource_id.as_deref(), self.company_id.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        if ids.is_empty() {
-            Err(PayloadError::MissingCompany)
-        } else {
-            Ok(ids)
-        }
+        let ids: Vec<&str> =
+            [self.company_resource_id.as_deref(), self.company_id.as_deref()].into_iter().flatten().collect();
+        if ids.is_empty() { Err(PayloadError::MissingCompany) } else { Ok(ids) }
     }
 
     /// Call-modified payloads repeat the call and add `changes`; post-call payloads have no `changes`.
     pub fn kind(&self) -> CallRailEventKind {
-        if self.changes.is_some() {
-            CallRailEventKind::CallModified
-        } else {
-            CallRailEventKind::PostCall
-        }
+        if self.changes.is_some() { CallRailEventKind::CallModified } else { CallRailEventKind::PostCall }
     }
 
     pub fn lead_details(&self) -> LeadDetails {
@@ -218,12 +205,7 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
             })
             .filter(|s| !s.is_empty())
             .collect(),
-        Value::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        Value::String(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         _ => Vec::new(),
     })
 }
@@ -254,10 +236,7 @@ mod tests {
         assert_eq!(hook.company_ids(), Ok(vec!["155920786"]));
         assert_eq!(hook.kind(), CallRailEventKind::PostCall);
         let lead = hook.lead_details();
-        assert_eq!(
-            (lead.answered, lead.voicemail, lead.duration_secs),
-            (Some(false), Some(true), Some(13))
-        );
+        assert_eq!((lead.answered, lead.voicemail, lead.duration_secs), (Some(false), Some(true), Some(13)));
         assert_eq!(lead.recording_duration_secs, Some(8));
         assert_eq!(lead.transcription, None, "empty strings are absent");
         assert_eq!(lead.utm_campaign.as_deref(), Some("Google AdWords"));
@@ -269,10 +248,7 @@ mod tests {
         assert_eq!(hook.call_id(), Ok("CALa1b2c3d4e5f60718293a4b5c6d7e8f90"));
         assert_eq!(hook.company_ids(), Ok(vec!["COM8154748ae6bd4e278a7cddd38a662f4f"]));
         let lead = hook.lead_details();
-        assert_eq!(
-            (lead.duration_secs, lead.recording_duration_secs),
-            (Some(187), Some(181))
-        );
+        assert_eq!((lead.duration_secs, lead.recording_duration_secs), (Some(187), Some(181)));
         assert_eq!(lead.tags, ["kitchen"]);
         let both = br#"{"id": 5, "resource_id": "CALx", "company_id": 9, "company_resource_id": "COMy"}"#;
         let hook = CallRailWebhook::parse(both).unwrap();
@@ -285,10 +261,7 @@ mod tests {
         let hook = round_trip(fixture!("post-call-minimal.json"));
         let lead = hook.lead_details();
         assert_eq!(lead.duration_secs, Some(42));
-        assert_eq!(
-            (lead.customer_phone, lead.recording_url, lead.voicemail),
-            (None, None, None)
-        );
+        assert_eq!((lead.customer_phone, lead.recording_url, lead.voicemail), (None, None, None));
         assert!(lead.tags.is_empty());
     }
 
@@ -302,20 +275,10 @@ mod tests {
 
     #[test]
     fn payloads_without_ids_or_that_are_not_objects_are_errors() {
-        assert_eq!(
-            CallRailWebhook::parse(b"{}").unwrap().call_id(),
-            Err(PayloadError::MissingCallId)
-        );
-        assert_eq!(
-            CallRailWebhook::parse(br#"{"id": 1}"#).unwrap().company_ids(),
-            Err(PayloadError::MissingCompany)
-        );
+        assert_eq!(CallRailWebhook::parse(b"{}").unwrap().call_id(), Err(PayloadError::MissingCallId));
+        assert_eq!(CallRailWebhook::parse(br#"{"id": 1}"#).unwrap().company_ids(), Err(PayloadError::MissingCompany));
         for bad in [&b"[]"[..], b"null", b"{\"id\": ", b"\"x\""] {
-            assert!(
-                CallRailWebhook::parse(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(CallRailWebhook::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

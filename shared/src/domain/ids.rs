@@ -15,11 +15,7 @@ pub struct TenantId(String);
 impl TenantId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = path_safe(s, 63) && s.bytes().all(|b| !b.is_ascii_uppercase()) && !s.starts_with('-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(IdError::Tenant(s.chars().take(80).collect()))
-        }
+        if ok { Ok(Self(s.to_owned())) } else { Err(IdError::Tenant(s.chars().take(80).collect())) }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -32,11 +28,7 @@ pub struct CallId(String);
 
 impl CallId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if path_safe(s, 64) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(IdError::Call(s.chars().take(80).collect()))
-        }
+        if path_safe(s, 64) { Ok(Self(s.to_owned())) } else { Err(IdError::Call(s.chars().take(80).collect())) }
     }
     pub fn as_str(&self) -> &str {
         &self.0

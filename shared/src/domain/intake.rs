@@ -75,10 +75,7 @@ pub const REASON_UNANSWERED: &str = "unanswered";
 pub const REASON_NO_RECORDING: &str = "no_recording";
 
 fn fetch_work(lead: &LeadDetails) -> NewWork {
-    NewWork {
-        kind: WorkKind::FetchRecording,
-        payload: json!({ "recording_url": lead.recording_url }),
-    }
+    NewWork { kind: WorkKind::FetchRecording, payload: json!({ "recording_url": lead.recording_url }) }
 }
 
 /// Where a new call starts, and what work that implies.
@@ -119,25 +116,14 @@ pub fn plan(existing: Option<CallRecord>, event: &IntakeEvent) -> IntakePlan {
     record.updated_at = event.received_at;
     // A recording that arrives late (CallRail's call-modified) moves a call that was parked for lack of one.
     let parked = record.state == CallState::Skipped
-        && matches!(
-            record.state_reason.as_deref(),
-            Some(REASON_NO_RECORDING | REASON_UNANSWERED)
-        );
+        && matches!(record.state_reason.as_deref(), Some(REASON_NO_RECORDING | REASON_UNANSWERED));
     if lacked_recording && parked && record.lead.recording_url.is_some() {
         record.state = CallState::Received;
         record.state_reason = None;
         let work = vec![fetch_work(&record.lead)];
-        return IntakePlan {
-            outcome: IntakeOutcome::Reopened,
-            record,
-            work,
-        };
+        return IntakePlan { outcome: IntakeOutcome::Reopened, record, work };
     }
-    IntakePlan {
-        outcome: IntakeOutcome::Updated,
-        record,
-        work: Vec::new(),
-    }
+    IntakePlan { outcome: IntakeOutcome::Updated, record, work: Vec::new() }
 }
 
 #[cfg(test)]
@@ -160,71 +146,28 @@ mod tests {
 
     #[test]
     fn recorded_call_is_received_with_a_fetch() {
-        let lead = LeadDetails {
-            answered: Some(true),
-            recording_url: Some("https://r".into()),
-            ..Default::default()
-        };
+        let lead = LeadDetails { answered: Some(true), recording_url: Some("https://r".into()), ..Default::default() };
         let p = plan(None, &event(EventKind::PostCall, lead));
-        assert_eq!(
-            (p.outcome, p.record.state),
-            (IntakeOutcome::Created, CallState::Received)
-        );
+        assert_eq!((p.outcome, p.record.state), (IntakeOutcome::Created, CallState::Received));
         assert_eq!(p.work.len(), 1);
         assert_eq!(p.work[0].kind, WorkKind::FetchRecording);
     }
 
     #[test]
     fn unanswered_and_unrecorded_calls_are_parked_with_a_reason() {
-        let p = plan(
-            None,
-            &event(
-                EventKind::PostCall,
-                LeadDetails {
-                    answered: Some(false),
-                    ..Default::default()
-                },
-            ),
-        );
-        assert_eq!(
-            (p.record.state, p.record.state_reason.as_deref()),
-            (CallState::Skipped, Some("unanswered"))
-        );
+        let p = plan(None, &event(EventKind::PostCall, LeadDetails { answered: Some(false), ..Default::default() }));
+        assert_eq!((p.record.state, p.record.state_reason.as_deref()), (CallState::Skipped, Some("unanswered")));
         assert!(p.work.is_empty());
-        let p = plan(
-            None,
-            &event(
-                EventKind::PostCall,
-                LeadDetails {
-                    answered: Some(true),
-                    ..Default::default()
-                },
-            ),
-        );
+        let p = plan(None, &event(EventKind::PostCall, LeadDetails { answered: Some(true), ..Default::default() }));
         assert_eq!(p.record.state_reason.as_deref(), Some("no_recording"));
     }
 
     #[test]
     fn late_recording_reopens_a_parked_call_once() {
-        let first = plan(
-            None,
-            &event(
-                EventKind::PostCall,
-                LeadDetails {
-                    answered: Some(true),
-                    ..Default::default()
-                },
-            ),
-        );
-        let modified = LeadDetails {
-            recording_url: Some("https://r".into()),
-            ..Default::default()
-        };
+        let first = plan(None, &event(EventKind::PostCall, LeadDetails { answered: Some(true), ..Default::default() }));
+        let modified = LeadDetails { recording_url: Some("https://r".into()), ..Default::default() };
         let p = plan(Some(first.record), &event(EventKind::CallModified, modified.clone()));
-        assert_eq!(
-            (p.outcome, p.record.state),
-            (IntakeOutcome::Reopened, CallState::Received)
-        );
+        assert_eq!((p.outcome, p.record.state), (IntakeOutcome::Reopened, CallState::Received));
         assert_eq!(p.work.len(), 1);
         // Another modification of the same call does not fetch again.
         let again = plan(Some(p.record), &event(EventKind::CallModified, modified));
@@ -234,26 +177,11 @@ mod tests {
 
     #[test]
     fn modification_never_moves_an_advanced_call_back() {
-        let lead = LeadDetails {
-            recording_url: Some("https://r".into()),
-            ..Default::default()
-        };
+        let lead = LeadDetails { recording_url: Some("https://r".into()), ..Default::default() };
         let mut rec = plan(None, &event(EventKind::PostCall, lead.clone())).record;
         rec.state = CallState::Analysed;
-        let p = plan(
-            Some(rec),
-            &event(
-                EventKind::CallModified,
-                LeadDetails {
-                    tags: vec!["good".into()],
-                    ..lead
-                },
-            ),
-        );
-        assert_eq!(
-            (p.outcome, p.record.state),
-            (IntakeOutcome::Updated, CallState::Analysed)
-        );
+        let p = plan(Some(rec), &event(EventKind::CallModified, LeadDetails { tags: vec!["good".into()], ..lead }));
+        assert_eq!((p.outcome, p.record.state), (IntakeOutcome::Updated, CallState::Analysed));
         assert_eq!(p.record.lead.tags, ["good"]);
     }
 }

@@ -49,9 +49,7 @@ pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
         let c = chars[i];
         // Email: a run of non-space chars containing '@' with a dot after it.
         if c == '@' {
-            let start = out
-                .rfind(|ch: char| ch.is_whitespace() || "\"'<(,;:=".contains(ch))
-                .map_or(0, |p| p + 1);
+            let start = out.rfind(|ch: char| ch.is_whitespace() || "\"'<(,;:=".contains(ch)).map_or(0, |p| p + 1);
             let local: String = out[start..].to_owned();
             let mut j = i + 1;
             while j < chars.len() && (chars[j].is_ascii_alphanumeric() || matches!(chars[j], '.' | '-' | '_')) {

@@ -54,13 +54,9 @@ pub fn sign_callrail(key: &[u8], body: &[u8]) -> String {
 /// A Standard Webhooks secret: `whsec_` followed by Base64 of the key bytes.
 pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, SignatureError> {
     let raw = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
-    B64.decode(raw).map_err(|_| SignatureError::Malformed).and_then(|k| {
-        if k.is_empty() {
-            Err(SignatureError::NoKey)
-        } else {
-            Ok(k)
-        }
-    })
+    B64.decode(raw)
+        .map_err(|_| SignatureError::Malformed)
+        .and_then(|k| if k.is_empty() { Err(SignatureError::NoKey) } else { Ok(k) })
 }
 
 pub struct StandardWebhookHeaders<'a> {
@@ -133,36 +129,24 @@ mod tests {
     #[test]
     fn callrail_published_vector_verifies() {
         assert_eq!(sign_callrail(CALLRAIL_KEY, CALLRAIL_BODY), CALLRAIL_SIGNATURE);
-        assert_eq!(
-            verify_callrail(&[CALLRAIL_KEY], CALLRAIL_BODY, Some(CALLRAIL_SIGNATURE)),
-            Ok(())
-        );
+        assert_eq!(verify_callrail(&[CALLRAIL_KEY], CALLRAIL_BODY, Some(CALLRAIL_SIGNATURE)), Ok(()));
     }
 
     #[test]
     fn callrail_rejects_any_change() {
         let mut body = CALLRAIL_BODY.to_vec();
         body.push(b'\n');
-        assert_eq!(
-            verify_callrail(&[CALLRAIL_KEY], &body, Some(CALLRAIL_SIGNATURE)),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify_callrail(&[CALLRAIL_KEY], &body, Some(CALLRAIL_SIGNATURE)), Err(SignatureError::Mismatch));
         assert_eq!(
             verify_callrail(&[b"another-key"], CALLRAIL_BODY, Some(CALLRAIL_SIGNATURE)),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(
-            verify_callrail(&[CALLRAIL_KEY], CALLRAIL_BODY, None),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify_callrail(&[CALLRAIL_KEY], CALLRAIL_BODY, None), Err(SignatureError::Missing));
         assert_eq!(
             verify_callrail(&[CALLRAIL_KEY], CALLRAIL_BODY, Some("not base64!")),
             Err(SignatureError::Malformed)
         );
-        assert_eq!(
-            verify_callrail(&[], CALLRAIL_BODY, Some(CALLRAIL_SIGNATURE)),
-            Err(SignatureError::NoKey)
-        );
+        assert_eq!(verify_callrail(&[], CALLRAIL_BODY, Some(CALLRAIL_SIGNATURE)), Err(SignatureError::NoKey));
     }
 
     #[test]
@@ -178,21 +162,12 @@ mod tests {
         let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         assert_eq!(sign_standard_webhook(&key, id, ts, body), expected);
-        let headers = |sig| StandardWebhookHeaders {
-            id: Some(id),
-            timestamp: Some("1614265330"),
-            signature: Some(sig),
-        };
-        assert_eq!(
-            verify_standard_webhook(&[&key], &headers(expected), body, ts + 10, 300),
-            Ok(())
-        );
+        let headers =
+            |sig| StandardWebhookHeaders { id: Some(id), timestamp: Some("1614265330"), signature: Some(sig) };
+        assert_eq!(verify_standard_webhook(&[&key], &headers(expected), body, ts + 10, 300), Ok(()));
         // Rotation: several signatures, one of them ours.
         let rotated = format!("v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= {expected}");
-        assert_eq!(
-            verify_standard_webhook(&[&key], &headers(&rotated), body, ts, 300),
-            Ok(())
-        );
+        assert_eq!(verify_standard_webhook(&[&key], &headers(&rotated), body, ts, 300), Ok(()));
         assert_eq!(
             verify_standard_webhook(&[&key], &headers(expected), body, ts + 301, 300),
             Err(SignatureError::Stale)
@@ -207,9 +182,6 @@ mod tests {
             ),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(
-            verify_standard_webhook(&[&key], &headers("v2,abc"), body, ts, 300),
-            Err(SignatureError::Malformed)
-        );
+        assert_eq!(verify_standard_webhook(&[&key], &headers("v2,abc"), body, ts, 300), Err(SignatureError::Malformed));
     }
 }

@@ -75,12 +75,7 @@ pub enum TenantConfigError {
 
 impl Tenant {
     pub fn validate(&self) -> Result<(), TenantConfigError> {
-        let fail = |message: String| {
-            Err(TenantConfigError::Invalid {
-                tenant: self.id.to_string(),
-                message,
-            })
-        };
+        let fail = |message: String| Err(TenantConfigError::Invalid { tenant: self.id.to_string(), message });
         if let Some(cr) = &self.callrail {
             if cr.signing_keys.len() > MAX_ACTIVE_KEYS {
                 return fail(format!(
@@ -110,8 +105,6 @@ impl Tenant {
     }
 
     pub fn owns_company(&self, ids: &[&str]) -> bool {
-        self.callrail
-            .as_ref()
-            .is_some_and(|cr| ids.iter().any(|id| cr.company_ids.iter().any(|own| own == id)))
+        self.callrail.as_ref().is_some_and(|cr| ids.iter().any(|id| cr.company_ids.iter().any(|own| own == id)))
     }
 }

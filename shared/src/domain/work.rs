@@ -25,9 +25,7 @@ impl WorkKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::FetchRecording, Self::Analytics]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [Self::FetchRecording, Self::Analytics].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -84,10 +82,7 @@ impl RetryPolicy {
         if attempts >= self.max_attempts {
             return None;
         }
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-            .min(self.max);
+        let exp = self.base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(self.max);
         // Half fixed, half jitter: retries spread out but never collapse to zero.
         let jittered = exp.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0));
         Some(floor.map_or(jittered, |f| jittered.max(f.min(self.max))))
@@ -104,22 +99,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_bounded_and_ends() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_secs(2),
-            max: Duration::from_secs(20),
-        };
+        let p = RetryPolicy { max_attempts: 5, base: Duration::from_secs(2), max: Duration::from_secs(20) };
         let d: Vec<_> = (1..5).map(|a| p.next_delay(a, 1.0, None).unwrap()).collect();
         assert_eq!(d, [2, 4, 8, 16].map(Duration::from_secs));
         assert_eq!(p.next_delay(5, 0.5, None), None);
         assert_eq!(p.next_delay(4, 0.0, None), Some(Duration::from_secs(8)));
-        assert_eq!(
-            p.next_delay(1, 0.0, Some(Duration::from_secs(15))),
-            Some(Duration::from_secs(15))
-        );
-        assert_eq!(
-            p.next_delay(1, 0.0, Some(Duration::from_secs(3600))),
-            Some(Duration::from_secs(20))
-        );
+        assert_eq!(p.next_delay(1, 0.0, Some(Duration::from_secs(15))), Some(Duration::from_secs(15)));
+        assert_eq!(p.next_delay(1, 0.0, Some(Duration::from_secs(3600))), Some(Duration::from_secs(20)));
     }
 }

@@ -59,16 +59,9 @@ pub enum EventError {
 
 impl IncomingEvent {
     pub fn from_http(headers: &HeaderMap, body: Bytes) -> Result<Self, EventError> {
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if headers.contains_key("ce-specversion") || content_type.starts_with("application/cloudevents+json") {
-            let mode = if headers.contains_key("ce-specversion") {
-                EventMode::Binary
-            } else {
-                EventMode::Structured
-            };
+            let mode = if headers.contains_key("ce-specversion") { EventMode::Binary } else { EventMode::Structured };
             let event = cloudevents::binding::http::to_event(headers, body.to_vec())
                 .map_err(|e| EventError::Invalid(e.to_string()))?;
             let data = match event.data() {
@@ -114,29 +107,18 @@ impl IncomingEvent {
 
     pub fn storage_object(&self) -> Result<StorageObjectData, EventError> {
         self.expect_type(STORAGE_FINALIZED)?;
-        serde_json::from_slice(&self.data).map_err(|e| EventError::BadData {
-            what: "StorageObjectData",
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&self.data)
+            .map_err(|e| EventError::BadData { what: "StorageObjectData", detail: e.to_string() })
     }
 
     pub fn pubsub_message(&self) -> Result<MessagePublishedData, EventError> {
         self.expect_type(PUBSUB_PUBLISHED)?;
-        serde_json::from_slice(&self.data).map_err(|e| EventError::BadData {
-            what: "MessagePublishedData",
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&self.data)
+            .map_err(|e| EventError::BadData { what: "MessagePublishedData", detail: e.to_string() })
     }
 
     fn expect_type(&self, expected: &'static str) -> Result<(), EventError> {
-        if self.ty == expected {
-            Ok(())
-        } else {
-            Err(EventError::WrongType {
-                got: self.ty.clone(),
-                expected,
-            })
-        }
+        if self.ty == expected { Ok(()) } else { Err(EventError::WrongType { got: self.ty.clone(), expected }) }
     }
 }
 
@@ -161,10 +143,7 @@ fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::de::Error;
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| D::Error::custom("int64 out of range")),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| D::Error::custom("int64 out of range")),
         Some(Value::String(s)) => s.parse().map(Some).map_err(D::Error::custom),
         Some(other) => Err(D::Error::custom(format!("expected int64, got {other}"))),
     }
@@ -223,10 +202,7 @@ pub struct PubsubMessage {
 impl PubsubMessage {
     pub fn decoded_data(&self) -> Result<Vec<u8>, EventError> {
         B64.decode(self.data.as_deref().unwrap_or(""))
-            .map_err(|e| EventError::BadData {
-                what: "base64 message data",
-                detail: e.to_string(),
-            })
+            .map_err(|e| EventError::BadData { what: "base64 message data", detail: e.to_string() })
     }
 }
 
@@ -257,10 +233,7 @@ mod tests {
 
     #[test]
     fn eventarc_storage_samples_parse_in_binary_mode() {
-        for name in [
-            "binary_storage_StorageObjectData-simple.json",
-            "binary_storage_StorageObjectData-complex.json",
-        ] {
+        for name in ["binary_storage_StorageObjectData-simple.json", "binary_storage_StorageObjectData-complex.json"] {
             let headers = eventarc_headers(
                 STORAGE_FINALIZED,
                 "//storage.googleapis.com/projects/_/buckets/sample-bucket",
@@ -279,10 +252,9 @@ mod tests {
 
     #[test]
     fn eventarc_pubsub_samples_parse_in_binary_mode_and_as_push_envelopes() {
-        for name in [
-            "binary_pubsub_MessagePublishedData-simple.json",
-            "binary_pubsub_MessagePublishedData-complex.json",
-        ] {
+        for name in
+            ["binary_pubsub_MessagePublishedData-simple.json", "binary_pubsub_MessagePublishedData-complex.json"]
+        {
             let headers = eventarc_headers(PUBSUB_PUBLISHED, "//pubsub.googleapis.com/projects/p/topics/t", None);
             let ev = IncomingEvent::from_http(&headers, fixture(name)).unwrap();
             let msg = ev.pubsub_message().unwrap();
@@ -292,10 +264,7 @@ mod tests {
             let raw = IncomingEvent::from_http(&HeaderMap::new(), fixture(name)).unwrap();
             assert_eq!(raw.mode, EventMode::PubSubPush);
             assert_eq!(raw.id, msg.message.message_id.unwrap());
-            assert_eq!(
-                raw.pubsub_message().unwrap().message,
-                ev.pubsub_message().unwrap().message
-            );
+            assert_eq!(raw.pubsub_message().unwrap().message, ev.pubsub_message().unwrap().message);
         }
     }
 
@@ -307,10 +276,7 @@ mod tests {
         ] {
             let body = fixture(name);
             let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                "application/cloudevents+json".parse().unwrap(),
-            );
+            headers.insert(http::header::CONTENT_TYPE, "application/cloudevents+json".parse().unwrap());
             let ev = IncomingEvent::from_http(&headers, body).unwrap();
             assert_eq!((ev.mode, ev.ty.as_str()), (EventMode::Structured, ty));
             if ty == STORAGE_FINALIZED {
@@ -328,10 +294,7 @@ mod tests {
             "subscription":"projects/p/subscriptions/on-analysis","deliveryAttempt":3}"#;
         let ev = IncomingEvent::from_http(&HeaderMap::new(), Bytes::from_static(body)).unwrap();
         assert_eq!(ev.mode, EventMode::PubSubPush);
-        assert_eq!(
-            ev.dedupe_key(),
-            "//pubsub.googleapis.com/projects/p/subscriptions/on-analysis#2070443601311540"
-        );
+        assert_eq!(ev.dedupe_key(), "//pubsub.googleapis.com/projects/p/subscriptions/on-analysis#2070443601311540");
         let msg = ev.pubsub_message().unwrap();
         assert_eq!(msg.delivery_attempt, Some(3));
         assert_eq!(msg.message.decoded_data().unwrap(), br#"{"schema_version":1}"#);
@@ -345,9 +308,6 @@ mod tests {
         }
         let mut headers = HeaderMap::new();
         headers.insert("ce-specversion", "1.0".parse().unwrap());
-        assert!(
-            IncomingEvent::from_http(&headers, Bytes::from_static(b"{}")).is_err(),
-            "missing ce-id etc."
-        );
+        assert!(IncomingEvent::from_http(&headers, Bytes::from_static(b"{}")).is_err(), "missing ce-id etc.");
     }
 }

@@ -32,10 +32,7 @@ impl Embedded {
             objects: Arc::new(DirObjectStore::new(data_dir.join("objects"))),
             analytics: Arc::new(SqliteAnalytics::open(&data_dir.join("analytics.sqlite"), durability)?),
             tenants: Arc::new(tenants),
-            secrets: Arc::new(CachedSecrets::new(
-                Arc::new(LocalSecrets::new(secrets_dir)),
-                Duration::from_secs(60),
-            )),
+            secrets: Arc::new(CachedSecrets::new(Arc::new(LocalSecrets::new(secrets_dir)), Duration::from_secs(60))),
         })
     }
 }

@@ -17,9 +17,7 @@ use super::telemetry::trace_context;
 /// The port Cloud Run (and our scripts) give a function in `PORT`; 8080 when unset.
 pub fn port_from_env() -> anyhow::Result<u16> {
     match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| anyhow::anyhow!("PORT={p:?} is not a port number")),
+        Ok(p) => p.parse().map_err(|_| anyhow::anyhow!("PORT={p:?} is not a port number")),
         Err(_) => Ok(8080),
     }
 }
@@ -38,9 +36,7 @@ async fn request_span(req: Request, next: Next) -> Response {
 
 /// Add what every function serves and does: `/healthz` and the per-request span.
 pub fn with_runtime(router: Router) -> Router {
-    router
-        .route("/healthz", get(|| async { "ok" }))
-        .layer(middleware::from_fn(request_span))
+    router.route("/healthz", get(|| async { "ok" })).layer(middleware::from_fn(request_span))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -73,14 +69,11 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
     tracing::info!(port = listener.local_addr()?.port(), "listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        with_runtime(router).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
+    let server = axum::serve(listener, with_runtime(router).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopped_tx.send(());
+        });
     let server = tokio::spawn(async move { server.await });
     tokio::pin!(server);
     tokio::select! {
@@ -90,10 +83,7 @@ pub async fn serve(
     match tokio::time::timeout(drain, &mut server).await {
         Ok(res) => res?.map_err(Into::into),
         Err(_) => {
-            tracing::warn!(
-                drain_secs = drain.as_secs(),
-                "in-flight requests did not finish in time"
-            );
+            tracing::warn!(drain_secs = drain.as_secs(), "in-flight requests did not finish in time");
             Ok(())
         }
     }

@@ -26,13 +26,11 @@ struct JsonVisitor(Map<String, Value>);
 
 impl Visit for JsonVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(scrub(value).into_owned()));
+        self.0.insert(field.name().to_owned(), Value::String(scrub(value).into_owned()));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let text = format!("{value:?}");
-        self.0
-            .insert(field.name().to_owned(), Value::String(scrub(&text).into_owned()));
+        self.0.insert(field.name().to_owned(), Value::String(scrub(&text).into_owned()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().to_owned(), Value::from(value));
@@ -69,11 +67,7 @@ fn severity(level: &Level) -> &'static str {
 
 impl<W> CloudLogging<W> {
     pub fn new(service: &str, project: Option<String>, make_writer: W) -> Self {
-        Self {
-            service: service.to_owned(),
-            project,
-            make_writer,
-        }
+        Self { service: service.to_owned(), project, make_writer }
     }
 }
 
@@ -104,12 +98,7 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut line = Map::new();
         line.insert("severity".into(), severity(event.metadata().level()).into());
-        line.insert(
-            "time".into(),
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                .into(),
-        );
+        line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<SpanFields>() {
@@ -143,9 +132,7 @@ where
 pub fn init(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
-    let layer = CloudLogging::new(service, project, || {
-        Box::new(std::io::stdout().lock()) as Box<dyn Write>
-    });
+    let layer = CloudLogging::new(service, project, || Box::new(std::io::stdout().lock()) as Box<dyn Write>);
     let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
 }
 
@@ -183,9 +170,8 @@ mod tests {
                 Ok(())
             }
         }
-        let layer = CloudLogging::new("on-webhook", Some("proj".into()), move || {
-            Box::new(W(sink.clone())) as Box<dyn Write>
-        });
+        let layer =
+            CloudLogging::new("on-webhook", Some("proj".into()), move || Box::new(W(sink.clone())) as Box<dyn Write>);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
@@ -200,10 +186,7 @@ mod tests {
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         let line: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["severity"], "WARNING");
-        assert_eq!(
-            line["logging.googleapis.com/trace"],
-            "projects/proj/traces/4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        assert_eq!(line["logging.googleapis.com/trace"], "projects/proj/traces/4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["logging.googleapis.com/spanId"], "00f067aa0ba902b7");
         assert_eq!(line["tenant_id"], "acme");
         assert_eq!(line["caller"], "+1*******559");
@@ -213,20 +196,9 @@ mod tests {
     #[test]
     fn trace_context_from_either_header() {
         let mut h = http::HeaderMap::new();
-        h.insert(
-            "x-cloud-trace-context",
-            "105445aa7843bc8bf206b12000100000/1;o=1".parse().unwrap(),
-        );
-        assert_eq!(
-            trace_context(&h),
-            Some(("105445aa7843bc8bf206b12000100000".into(), Some("1".into())))
-        );
-        h.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                .parse()
-                .unwrap(),
-        );
+        h.insert("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1".parse().unwrap());
+        assert_eq!(trace_context(&h), Some(("105445aa7843bc8bf206b12000100000".into(), Some("1".into()))));
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         assert_eq!(trace_context(&h).unwrap().0, "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

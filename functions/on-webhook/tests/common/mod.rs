@@ -93,20 +93,14 @@ impl Harness {
 
     pub fn call_state(&self, call: &str) -> Option<(String, Option<String>)> {
         let conn = rusqlite::Connection::open(self.dir.path().join("state.sqlite")).unwrap();
-        conn.query_row(
-            "SELECT state, state_reason FROM calls WHERE call_id = ?1",
-            [call],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        conn.query_row("SELECT state, state_reason FROM calls WHERE call_id = ?1", [call], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .ok()
     }
 
     pub fn object_path(&self, tenant: &str, call: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("objects/recordings")
-            .join(tenant)
-            .join(format!("{call}.mp3"))
+        self.dir.path().join("objects/recordings").join(tenant).join(format!("{call}.mp3"))
     }
 
     /// Serve a recording for `call`: recording.json pointing at an MP3 on the same fake.
@@ -122,11 +116,7 @@ impl Harness {
             .await;
         Mock::given(method("GET"))
             .and(path(format!("/audio/{call}.mp3")))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .insert_header("content-type", "audio/mpeg")
-                    .set_body_bytes(audio),
-            )
+            .respond_with(ResponseTemplate::new(200).insert_header("content-type", "audio/mpeg").set_body_bytes(audio))
             .mount(&self.callrail)
             .await;
     }

@@ -29,11 +29,7 @@ fn create_table(name: &str, columns: &[ColumnSchema]) -> String {
     let cols: Vec<String> = columns
         .iter()
         .map(|c| {
-            let not_null = if c.mode.as_deref() == Some("REQUIRED") {
-                " NOT NULL"
-            } else {
-                ""
-            };
+            let not_null = if c.mode.as_deref() == Some("REQUIRED") { " NOT NULL" } else { "" };
             let pk = if c.name == "insert_id" { " PRIMARY KEY" } else { "" };
             format!("{} {}{not_null}{pk}", c.name, sql_type(&c.kind))
         })
@@ -45,9 +41,7 @@ fn to_sql(v: &Value) -> SqlValue {
     match v {
         Value::Null => SqlValue::Null,
         Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
-        Value::Number(n) => n
-            .as_i64()
-            .map_or_else(|| SqlValue::Real(n.as_f64().unwrap_or(0.0)), SqlValue::Integer),
+        Value::Number(n) => n.as_i64().map_or_else(|| SqlValue::Real(n.as_f64().unwrap_or(0.0)), SqlValue::Integer),
         Value::String(s) => SqlValue::Text(s.clone()),
         other => SqlValue::Text(other.to_string()),
     }
@@ -63,10 +57,7 @@ impl SqliteAnalytics {
         for (name, cols) in &tables {
             conn.execute_batch(&create_table(name, cols))?;
         }
-        Ok(Self {
-            writer: Writer::start(conn, "analytics"),
-            tables: tables.into(),
-        })
+        Ok(Self { writer: Writer::start(conn, "analytics"), tables: tables.into() })
     }
 }
 
@@ -83,21 +74,12 @@ impl AnalyticsSink for SqliteAnalytics {
         self.writer
             .write(move |c| {
                 for row in &rows {
-                    let (_, cols) = tables
-                        .iter()
-                        .find(|(name, _)| *name == row.table)
-                        .expect("checked above");
+                    let (_, cols) = tables.iter().find(|(name, _)| *name == row.table).expect("checked above");
                     let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
                     let marks = vec!["?"; names.len()].join(", ");
-                    let sql = format!(
-                        "INSERT OR IGNORE INTO {} ({}) VALUES ({marks})",
-                        row.table,
-                        names.join(", ")
-                    );
-                    let values: Vec<SqlValue> = names
-                        .iter()
-                        .map(|n| row.fields.get(*n).map_or(SqlValue::Null, to_sql))
-                        .collect();
+                    let sql = format!("INSERT OR IGNORE INTO {} ({}) VALUES ({marks})", row.table, names.join(", "));
+                    let values: Vec<SqlValue> =
+                        names.iter().map(|n| row.fields.get(*n).map_or(SqlValue::Null, to_sql)).collect();
                     c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values))?;
                 }
                 Ok(())

@@ -6,4 +6,4 @@ mod writer;
 
 pub use analytics::SqliteAnalytics;
 pub use state::{DeadLetter, SqliteStateStore};
-pub use writer::{Durability, Writer};
+pub use writer::{Durability, Writer, open as open_connection};

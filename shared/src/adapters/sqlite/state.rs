@@ -115,11 +115,7 @@ fn read_call(conn: &Connection, tenant: &str, call: &str) -> rusqlite::Result<Op
         Ok(CallRecord {
             tenant_id: TenantId::parse(tenant).map_err(|e| bad_data(e.to_string()))?,
             call_id: CallId::parse(call).map_err(|e| bad_data(e.to_string()))?,
-            source: if source == "form" {
-                CallSource::Form
-            } else {
-                CallSource::Callrail
-            },
+            source: if source == "form" { CallSource::Form } else { CallSource::Callrail },
             state: CallState::parse(&state).ok_or_else(|| bad_data(format!("unknown state {state}")))?,
             state_reason: r.get(2)?,
             lead: serde_json::from_str(&lead).map_err(|e| bad_data(e.to_string()))?,
@@ -210,12 +206,7 @@ impl SqliteStateStore {
     /// so the interrupted work runs now rather than when the leases run out.
     pub async fn release_all_leases(&self) -> PortResult<usize> {
         self.writer
-            .write(|c| {
-                c.execute(
-                    "UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL",
-                    [],
-                )
-            })
+            .write(|c| c.execute("UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL", []))
             .await
     }
 
@@ -377,6 +368,20 @@ impl StateStore for SqliteStateStore {
                     ])?;
                 }
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn complete_batch(&self, items: &[WorkItem]) -> PortResult<usize> {
+        let pairs: Vec<(i64, String)> = items.iter().map(|i| (i.id, i.lease.clone())).collect();
+        self.writer
+            .write(move |c| {
+                let mut stmt = c.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND lease = ?2")?;
+                let mut done = 0;
+                for (id, lease) in &pairs {
+                    done += stmt.execute(params![id, lease])?;
+                }
+                Ok(done)
             })
             .await
     }

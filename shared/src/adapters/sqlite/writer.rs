@@ -40,15 +40,7 @@ pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection>
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if durability == Durability::Full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )?;
+    conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
@@ -89,19 +81,13 @@ impl Writer {
     {
         let (tx, rx) = oneshot::channel::<Result<R, String>>();
         let op: Op = Box::new(move |conn| match f(conn) {
-            Ok(value) => (
-                true,
-                Box::new(move |commit: Result<(), String>| drop(tx.send(commit.map(|()| value)))),
-            ),
+            Ok(value) => (true, Box::new(move |commit: Result<(), String>| drop(tx.send(commit.map(|()| value))))),
             Err(e) => {
                 let msg = e.to_string();
                 (false, Box::new(move |_| drop(tx.send(Err(msg)))))
             }
         });
-        self.tx
-            .send(op)
-            .await
-            .map_err(|_| PortError::retryable("the SQLite writer has stopped"))?;
+        self.tx.send(op).await.map_err(|_| PortError::retryable("the SQLite writer has stopped"))?;
         rx.await
             .map_err(|_| PortError::retryable("the SQLite writer dropped a write"))?
             .map_err(|e| PortError::retryable(format!("sqlite: {e}")))
@@ -118,14 +104,16 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>) {
         return;
     }
     for op in batch.drain(..) {
-        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        // Cached statements: a savepoint per op is on the hot path, so it should not be re-parsed each time.
+        let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        if let Err(e) = savepoint("SAVEPOINT op") {
             tracing::error!(error = %e, "sqlite: savepoint failed");
             drop(op);
             continue;
         }
         let (ok, reply) = op(conn);
-        let end = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-        if let Err(e) = conn.execute_batch(end) {
+        let ended = if ok { savepoint("RELEASE op") } else { savepoint("ROLLBACK TO op").and(savepoint("RELEASE op")) };
+        if let Err(e) = ended {
             tracing::error!(error = %e, "sqlite: savepoint release failed");
         }
         replies.push(reply);

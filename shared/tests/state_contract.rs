@@ -1,0 +1,186 @@
+//! The state store's contract, written against `dyn StateStore` so every adapter (SQLite now, Spanner on its
+//! emulator next) runs the same checks: idempotent intake, one winner under concurrency, conditional
+//! transitions that refuse to move a call backwards, and leases that make completion safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callflow::adapters::sqlite::{Durability, SqliteStateStore};
+use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
+use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
+use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
+use callflow::ports::StateStore;
+use chrono::Utc;
+
+fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
+    IntakeEvent {
+        tenant_id: TenantId::parse(tenant).unwrap(),
+        call_id: CallId::parse(call).unwrap(),
+        source: CallSource::Callrail,
+        kind: EventKind::PostCall,
+        dedupe_key: "post_call".into(),
+        payload_sha256: "00".into(),
+        payload_bytes: 10,
+        lead: LeadDetails {
+            answered: Some(true),
+            recording_url: recording.then(|| "https://rec".to_owned()),
+            ..LeadDetails::default()
+        },
+        received_at: Utc::now(),
+    }
+}
+
+async fn intake_is_idempotent_and_tenant_scoped(store: Arc<dyn StateStore>) {
+    let first = store.record_intake(event("acme", "CAL1", true)).await.unwrap();
+    assert_eq!((first.outcome, first.call.state), (IntakeOutcome::Created, CallState::Received));
+    let again = store.record_intake(event("acme", "CAL1", true)).await.unwrap();
+    assert_eq!(again.outcome, IntakeOutcome::Duplicate);
+    // The same call id under another tenant is another call.
+    let other = store.record_intake(event("bayside", "CAL1", false)).await.unwrap();
+    assert_eq!((other.outcome, other.call.state), (IntakeOutcome::Created, CallState::Skipped));
+    let acme = TenantId::parse("acme").unwrap();
+    let call = store.call(&acme, &CallId::parse("CAL1").unwrap()).await.unwrap().unwrap();
+    assert_eq!(call.state, CallState::Received);
+    assert!(store.call(&acme, &CallId::parse("CAL2").unwrap()).await.unwrap().is_none());
+}
+
+async fn concurrent_intake_has_one_winner(store: Arc<dyn StateStore>) {
+    let results = futures::future::join_all((0..50).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.record_intake(event("acme", "CALrace", true)).await.unwrap().outcome })
+    }))
+    .await;
+    let created = results.iter().filter(|r| *r.as_ref().unwrap() == IntakeOutcome::Created).count();
+    assert_eq!(created, 1);
+    let claimed = store.claim_work(&[WorkKind::FetchRecording], 100, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "one fetch for fifty deliveries");
+}
+
+async fn claims_are_exclusive_and_leases_guard_completion(store: Arc<dyn StateStore>) {
+    for i in 0..20 {
+        store.record_intake(event("acme", &format!("CALlease{i}"), true)).await.unwrap();
+    }
+    let kinds = [WorkKind::FetchRecording];
+    let (a, b) = tokio::join!(
+        store.claim_work(&kinds, 15, Duration::from_secs(60)),
+        store.claim_work(&kinds, 15, Duration::from_secs(60))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 20);
+    assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)), "an item was claimed twice");
+    assert!(store.claim_work(&kinds, 10, Duration::from_secs(60)).await.unwrap().is_empty());
+
+    // A lease that ran out: the item is claimed again, and the old holder can no longer complete it.
+    store.record_intake(event("acme", "CALexpire", true)).await.unwrap();
+    let old = store.claim_work(&kinds, 1, Duration::from_millis(1)).await.unwrap().pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new = store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().pop().unwrap();
+    assert_eq!((old.id, new.attempts), (new.id, 2));
+    assert!(!store.complete_work(&old, Completion::default()).await.unwrap(), "stale lease completed");
+    assert!(store.complete_work(&new, Completion::default()).await.unwrap());
+}
+
+async fn transitions_never_move_backwards(store: Arc<dyn StateStore>) {
+    store.record_intake(event("acme", "CALfwd", true)).await.unwrap();
+    let (acme, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALfwd").unwrap());
+    let item = store.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap().pop().unwrap();
+    let to = |state| Completion {
+        transition: Some(Transition { to: state, reason: None, recording_object: Some("recordings/x".into()) }),
+        ..Completion::default()
+    };
+    // Moving forward works, and the completion can queue follow-up work in the same transaction.
+    let forward = Completion {
+        follow_up: vec![NewWork { kind: WorkKind::FetchRecording, payload: serde_json::json!({}) }],
+        ..to(CallState::Transcribed)
+    };
+    assert!(store.complete_work(&item, forward).await.unwrap());
+    assert_eq!(store.call(&acme, &call).await.unwrap().unwrap().state, CallState::Transcribed);
+    // A late stage asking for an earlier state is refused; the work item is still consumed.
+    let late = store.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap().pop().unwrap();
+    assert!(store.complete_work(&late, to(CallState::RecordingStored)).await.unwrap());
+    assert_eq!(store.call(&acme, &call).await.unwrap().unwrap().state, CallState::Transcribed);
+    // A late duplicate webhook does not move it either.
+    store
+        .record_intake(IntakeEvent { dedupe_key: "call_modified:1".into(), ..event("acme", "CALfwd", true) })
+        .await
+        .unwrap();
+    let c = store.call(&acme, &call).await.unwrap().unwrap();
+    assert_eq!((c.state, c.recording_object.as_deref()), (CallState::Transcribed, Some("recordings/x")));
+    assert!(store.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap().is_empty());
+}
+
+async fn retries_wait_until_due(store: Arc<dyn StateStore>) {
+    store.record_intake(event("acme", "CALretry", true)).await.unwrap();
+    let kinds = [WorkKind::FetchRecording];
+    let item = store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().pop().unwrap();
+    let later = Utc::now() + chrono::Duration::milliseconds(80);
+    store.retry_work(&item, later, "429").await.unwrap();
+    assert!(store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().is_empty());
+    let due = store.next_due(&kinds).await.unwrap().unwrap();
+    assert!((due - later).num_milliseconds().abs() <= 1, "{due} vs {later}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().len(), 1);
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
+    (dir, Arc::new(store))
+}
+
+#[tokio::test]
+async fn sqlite_intake_is_idempotent_and_tenant_scoped() {
+    let (_d, s) = sqlite().await;
+    intake_is_idempotent_and_tenant_scoped(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_intake_has_one_winner() {
+    let (_d, s) = sqlite().await;
+    concurrent_intake_has_one_winner(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_are_exclusive_and_leases_guard_completion() {
+    let (_d, s) = sqlite().await;
+    claims_are_exclusive_and_leases_guard_completion(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_transitions_never_move_backwards() {
+    let (_d, s) = sqlite().await;
+    transitions_never_move_backwards(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_retries_wait_until_due() {
+    let (_d, s) = sqlite().await;
+    retries_wait_until_due(s).await;
+}
+
+/// Group commit: a write that fails rolls back alone; the writes batched with it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = callflow::adapters::sqlite::open_connection(&dir.path().join("w.sqlite"), Durability::Full).unwrap();
+    conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)").unwrap();
+    let writer = callflow::adapters::sqlite::Writer::start(conn, "test");
+    let results = futures::future::join_all((0..200).map(|i| {
+        let w = writer.clone();
+        async move {
+            w.write(move |c| {
+                c.execute("INSERT INTO t (k) VALUES (?1)", [i])?;
+                // Every tenth write fails after having written: its insert must not survive.
+                if i % 10 == 0 { c.execute("INSERT INTO t (k) VALUES (?1)", [i]).map(drop) } else { Ok(()) }
+            })
+            .await
+        }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 20);
+    let n: i64 =
+        writer.write(|c| c.query_row("SELECT COUNT(*) FROM t WHERE k % 10 != 0", [], |r| r.get(0))).await.unwrap();
+    let failed: i64 =
+        writer.write(|c| c.query_row("SELECT COUNT(*) FROM t WHERE k % 10 = 0", [], |r| r.get(0))).await.unwrap();
+    assert_eq!((n, failed), (180, 0));
+}
