@@ -1,10 +1,22 @@
 //! on-webhook: CallRail and web-form intake. Config from the environment (see README), embedded backends.
 
+use std::process::ExitCode;
+
 use callflow::runtime::{serve, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     telemetry::init("on-webhook");
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "on-webhook stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = on_webhook::Settings::from_env()?;
     let service = on_webhook::Service::embedded(&settings).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::Service;
 
@@ -88,9 +89,17 @@ fn fetch_row(
 /// dead-letter it. Completion and state change commit together; a crash before that leaves the item leased,
 /// and it is fetched again (the object write is idempotent: same name, new generation).
 pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
+    let span = tracing::info_span!(
+        "fetch_recording",
+        tenant_id = %item.tenant_id,
+        call_id = %item.call_id,
+        attempt = item.attempts
+    );
+    fetch(service, item).instrument(span).await
+}
+
+async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
     let started = Instant::now();
-    let span = tracing::info_span!("fetch_recording", tenant_id = %item.tenant_id, call_id = %item.call_id, attempt = item.attempts);
-    let _enter = span.enter();
     let call = match service.state.call(&item.tenant_id, &item.call_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return dead_letter(service, &item, None, "call record is missing", started).await,

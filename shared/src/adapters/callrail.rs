@@ -38,7 +38,19 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 
 /// The error without its URL: the audio URL is pre-signed and must not reach a log.
 fn transport(e: reqwest::Error) -> VendorError {
-    if e.is_timeout() { VendorError::Timeout } else { VendorError::Transport(e.without_url().to_string()) }
+    if e.is_timeout() {
+        return VendorError::Timeout;
+    }
+    // The cause chain says what happened (connection refused, DNS, TLS); reqwest's own text alone does not.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    VendorError::Transport(message)
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, VendorError> {
