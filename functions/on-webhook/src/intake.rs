@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use callflow::domain::callrail::{CallRailEventKind, CallRailWebhook};
 use callflow::domain::form::{FormSubmission, form_call_id};
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
@@ -63,10 +63,9 @@ async fn keys(service: &Service, tenant: &Tenant, refs: &[SecretRef]) -> Vec<Str
 /// so a legitimate CallRail burst from an address that also sent garbage is not throttled.
 fn auth_failure(service: &Service, ip: IpAddr, tenant: &TenantId, err: SignatureError) -> ApiError {
     if service.auth_failures.check_key(&ip).is_err() {
-        tracing::debug!(tenant_id = %tenant, source_ip = %ip, "auth failures rate-limited");
         return ApiError::too_many_requests(60);
     }
-    tracing::warn!(tenant_id = %tenant, source_ip = %ip, reason = %err, "webhook rejected: signature");
+    tracing::debug!(tenant_id = %tenant, reason = %err, "signature check failed");
     match err {
         SignatureError::NoKey => ApiError::unauthorized("no signing key is configured for this tenant"),
         SignatureError::Missing => ApiError::unauthorized("signature header is missing"),
@@ -102,37 +101,56 @@ async fn record(service: &Service, event: IntakeEvent, started: Instant) -> Resu
     })))
 }
 
+/// One log line per rejected request, in one place. Rate-limited rejections are not logged one by one: they
+/// are what a flood looks like, and logging each would turn the flood into a logging bill.
+fn log_rejection(tenant: &str, ip: IpAddr, err: &ApiError) {
+    if err.status == StatusCode::TOO_MANY_REQUESTS {
+        tracing::debug!(tenant = tenant, source_ip = %ip, "rejected: rate limited");
+    } else if err.status.is_client_error() {
+        tracing::warn!(tenant = tenant, source_ip = %ip, status = err.status.as_u16(), code = err.code, reason = %err.message, "webhook rejected");
+    }
+}
+
 /// `POST /webhooks/callrail/{tenant}`: post-call and call-modified webhooks.
 pub async fn callrail(
     State(service): State<Service>,
     Path(tenant_raw): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let started = Instant::now();
     let ip = client_ip(&service, &req);
-    let tenant = tenant(&service, &tenant_raw).await?;
+    let result = callrail_inner(&service, &tenant_raw, ip, req).await;
+    if let Err(e) = &result {
+        log_rejection(&tenant_raw, ip, e);
+    }
+    result
+}
+
+async fn callrail_inner(
+    service: &Service,
+    tenant_raw: &str,
+    ip: IpAddr,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let tenant = tenant(service, tenant_raw).await?;
     let (parts, body) = req.into_parts();
     if !is_json(&parts.headers) {
         return Err(ApiError::unsupported_media_type("application/json"));
     }
     let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
     let refs = tenant.callrail.as_ref().map(|c| c.signing_keys.as_slice()).unwrap_or_default();
-    let keys = keys(&service, &tenant, refs).await;
+    let keys = keys(service, &tenant, refs).await;
     let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     signature::verify_callrail(&key_bytes, &body, header(&parts.headers, "signature"))
-        .map_err(|e| auth_failure(&service, ip, &tenant.id, e))?;
+        .map_err(|e| auth_failure(service, ip, &tenant.id, e))?;
 
-    let payload = CallRailWebhook::parse(&body).map_err(|e| {
-        tracing::warn!(tenant_id = %tenant.id, error = %e, "webhook rejected: payload");
-        ApiError::bad_request(e.to_string())
-    })?;
+    let payload = CallRailWebhook::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let call_id = payload
         .call_id()
         .map_err(|e| ApiError::bad_request(e.to_string()))
         .and_then(|id| CallId::parse(id).map_err(|e| ApiError::bad_request(e.to_string())))?;
     let companies = payload.company_ids().map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !tenant.owns_company(&companies) {
-        tracing::warn!(tenant_id = %tenant.id, call_id = %call_id, "webhook rejected: company not owned by tenant");
         return Err(ApiError::forbidden("the payload's company does not belong to this tenant"));
     }
     let digest = hex::encode(Sha256::digest(&body));
@@ -151,7 +169,7 @@ pub async fn callrail(
         lead: payload.lead_details(),
         received_at: service.clock.now(),
     };
-    record(&service, event, started).await
+    record(service, event, started).await
 }
 
 fn form_limiter(service: &Service, tenant: &Tenant) -> Arc<governor::DefaultDirectRateLimiter> {
@@ -172,16 +190,24 @@ pub async fn form(
     Path(tenant_raw): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let started = Instant::now();
     let ip = client_ip(&service, &req);
-    let tenant = tenant(&service, &tenant_raw).await?;
+    let result = form_inner(&service, &tenant_raw, ip, req).await;
+    if let Err(e) = &result {
+        log_rejection(&tenant_raw, ip, e);
+    }
+    result
+}
+
+async fn form_inner(service: &Service, tenant_raw: &str, ip: IpAddr, req: Request) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let tenant = tenant(service, tenant_raw).await?;
     let (parts, body) = req.into_parts();
     if !is_json(&parts.headers) {
         return Err(ApiError::unsupported_media_type("application/json"));
     }
     let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
     let refs = tenant.forms.as_ref().map(|f| f.signing_keys.as_slice()).unwrap_or_default();
-    let secrets = keys(&service, &tenant, refs).await;
+    let secrets = keys(service, &tenant, refs).await;
     let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| signature::standard_webhooks_key(s).ok()).collect();
     let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let headers = StandardWebhookHeaders {
@@ -191,17 +217,13 @@ pub async fn form(
     };
     let now = service.clock.now().timestamp();
     signature::verify_standard_webhook(&key_refs, &headers, &body, now, service.settings.form_tolerance_secs)
-        .map_err(|e| auth_failure(&service, ip, &tenant.id, e))?;
+        .map_err(|e| auth_failure(service, ip, &tenant.id, e))?;
     let webhook_id = headers.id.expect("verified above");
 
-    if form_limiter(&service, &tenant).check().is_err() {
-        tracing::warn!(tenant_id = %tenant.id, "form submission rate-limited");
+    if form_limiter(service, &tenant).check().is_err() {
         return Err(ApiError::too_many_requests(1));
     }
-    let submission = FormSubmission::parse(&body).map_err(|e| {
-        tracing::warn!(tenant_id = %tenant.id, error = %e, "form rejected: payload");
-        ApiError::bad_request(e.to_string())
-    })?;
+    let submission = FormSubmission::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let event = IntakeEvent {
         tenant_id: tenant.id.clone(),
         call_id: form_call_id(webhook_id),
@@ -213,5 +235,5 @@ pub async fn form(
         lead: submission.lead_details(),
         received_at: service.clock.now(),
     };
-    record(&service, event, started).await
+    record(service, event, started).await
 }

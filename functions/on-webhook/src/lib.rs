@@ -92,6 +92,8 @@ pub struct Service {
     /// Wakes the outbox worker when a commit added work.
     pub work_added: Arc<tokio::sync::Notify>,
     auth_failures: Arc<KeyedLimiter<std::net::IpAddr>>,
+    /// When `/internal/outbox/drain` last ran (ms since the epoch): it runs at most once a second.
+    last_drain_ms: Arc<std::sync::atomic::AtomicU64>,
     form_limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>>,
 }
 
@@ -120,6 +122,7 @@ impl Service {
             work_added: Arc::new(tokio::sync::Notify::new()),
             auth_failures: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))),
             form_limits: Arc::default(),
+            last_drain_ms: Arc::default(),
         }
     }
 

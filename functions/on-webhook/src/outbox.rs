@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -321,12 +321,10 @@ pub async fn drain_pass(service: &Service) -> (usize, Vec<FetchOutcome>) {
     (analytics, outcomes)
 }
 
-static LAST_DRAIN_MS: AtomicU64 = AtomicU64::new(0);
-
 /// `POST /internal/outbox/drain`: drain due work inside this request (Cloud Scheduler's backstop).
 pub async fn drain_endpoint(State(service): State<Service>) -> Result<Json<Value>, ApiError> {
     let now_ms = service.clock.now().timestamp_millis().max(0) as u64;
-    let last = LAST_DRAIN_MS.swap(now_ms, Ordering::Relaxed);
+    let last = service.last_drain_ms.swap(now_ms, Ordering::Relaxed);
     if now_ms.saturating_sub(last) < 1_000 {
         return Err(ApiError::too_many_requests(1));
     }

@@ -75,6 +75,16 @@ async fn a_crash_after_the_answer_loses_nothing() {
     let mut child = start(&data, &mock.uri(), port, &log);
     wait_healthy(&client, port).await;
 
+    // A rejection whose only identifying text is user input shaped like a phone number: logged, masked.
+    let resp = client
+        .post(format!("http://127.0.0.1:{port}/webhooks/callrail/15125550143"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
     let body = fixture("callrail/post-call-resource-ids.json");
     let resp = client
         .post(format!("http://127.0.0.1:{port}/webhooks/callrail/{ACME}"))
@@ -120,6 +130,8 @@ async fn a_crash_after_the_answer_loses_nothing() {
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("\"severity\":\"INFO\""), "logs are not Cloud Logging JSON: {logs}");
+    assert!(logs.contains("\"message\":\"webhook rejected\""), "the 404 was not logged: {logs}");
+    assert!(logs.contains("*******143"), "the masked form is missing: {logs}");
     for pii in ["5125550143", "Dana Whitfield"] {
         assert!(!logs.contains(pii), "a log line carries {pii}");
     }
