@@ -310,4 +310,33 @@ mod tests {
         headers.insert("ce-specversion", "1.0".parse().unwrap());
         assert!(IncomingEvent::from_http(&headers, Bytes::from_static(b"{}")).is_err(), "missing ce-id etc.");
     }
+
+    #[tokio::test]
+    async fn the_extractor_never_rejects_and_bounds_the_body() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+        async fn handler(Incoming(event): Incoming) -> String {
+            match event {
+                Ok(ev) => format!("ok {:?} {}", ev.mode, ev.id),
+                Err(e) => format!("err {e}"),
+            }
+        }
+        let app = axum::Router::new().route("/", axum::routing::post(handler));
+        let call = |body: Vec<u8>| {
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(http::Request::post("/").body(Body::from(body)).unwrap()).await.unwrap();
+                assert_eq!(resp.status(), http::StatusCode::OK, "the extractor must not answer for the handler");
+                let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+                String::from_utf8(bytes.to_vec()).unwrap()
+            }
+        };
+        let push = std::fs::read(format!("{FIXTURES}/binary_pubsub_MessagePublishedData-simple.json")).unwrap();
+        assert!(call(push).await.starts_with("ok PubSubPush"));
+        assert_eq!(
+            call(vec![b' '; MAX_EVENT_BYTES + 1]).await,
+            format!("err event body exceeds {MAX_EVENT_BYTES} bytes")
+        );
+        assert!(call(b"not json".to_vec()).await.starts_with("err not a CloudEvent"));
+    }
 }
