@@ -40,7 +40,7 @@ fn client_ip(service: &Service, req: &Request) -> IpAddr {
 
 async fn tenant(service: &Service, raw: &str) -> Result<Arc<Tenant>, ApiError> {
     let id = TenantId::parse(raw).map_err(|_| ApiError::not_found("unknown tenant"))?;
-    match service.tenants.tenant(&id).await {
+    match service.ports.tenants.tenant(&id).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(ApiError::not_found("unknown tenant")),
         Err(e) => Err(ApiError::unavailable(&e.message)),
@@ -51,7 +51,7 @@ async fn tenant(service: &Service, raw: &str) -> Result<Arc<Tenant>, ApiError> {
 async fn keys(service: &Service, tenant: &Tenant, refs: &[SecretRef]) -> Vec<String> {
     let mut out = Vec::with_capacity(refs.len());
     for r in refs {
-        match service.secrets.secret(r).await {
+        match service.ports.secrets.secret(r).await {
             Ok(s) => out.push(s.expose().to_owned()),
             Err(e) => tracing::error!(tenant_id = %tenant.id, error = %e, "signing key unavailable; rejecting"),
         }
@@ -80,7 +80,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 async fn record(service: &Service, event: IntakeEvent, started: Instant) -> Result<Json<Value>, ApiError> {
     let (tenant_id, call_id, kind) = (event.tenant_id.clone(), event.call_id.clone(), event.kind);
-    let result = service.state.record_intake(event).await.map_err(|e| ApiError::unavailable(&e.message))?;
+    let result = service.ports.state.record_intake(event).await.map_err(|e| ApiError::unavailable(&e.message))?;
     if matches!(result.outcome, IntakeOutcome::Created | IntakeOutcome::Reopened) {
         service.work_added.notify_one();
     }
@@ -103,12 +103,33 @@ async fn record(service: &Service, event: IntakeEvent, started: Instant) -> Resu
 
 /// One log line per rejected request, in one place. Rate-limited rejections are not logged one by one: they
 /// are what a flood looks like, and logging each would turn the flood into a logging bill.
-fn log_rejection(tenant: &str, ip: IpAddr, err: &ApiError) {
-    if err.status == StatusCode::TOO_MANY_REQUESTS {
-        tracing::debug!(tenant = tenant, source_ip = %ip, "rejected: rate limited");
-    } else if err.status.is_client_error() {
-        tracing::warn!(tenant = tenant, source_ip = %ip, status = err.status.as_u16(), code = err.code, reason = %err.message, "webhook rejected");
+fn logged(tenant: &str, ip: IpAddr, result: Result<Json<Value>, ApiError>) -> Result<Json<Value>, ApiError> {
+    match &result {
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            tracing::debug!(tenant = tenant, source_ip = %ip, "rejected: rate limited");
+        }
+        Err(e) if e.status.is_client_error() => {
+            let (status, code) = (e.status.as_u16(), e.code);
+            tracing::warn!(tenant = tenant, source_ip = %ip, status, code, reason = %e.message, "webhook rejected");
+        }
+        _ => {}
     }
+    result
+}
+
+/// What both endpoints check first: the tenant, the content type, and the raw body within its bound.
+async fn tenant_and_body(
+    service: &Service,
+    tenant_raw: &str,
+    req: Request,
+) -> Result<(Arc<Tenant>, HeaderMap, bytes::Bytes), ApiError> {
+    let tenant = tenant(service, tenant_raw).await?;
+    let (parts, body) = req.into_parts();
+    if !is_json(&parts.headers) {
+        return Err(ApiError::unsupported_media_type("application/json"));
+    }
+    let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
+    Ok((tenant, parts.headers, body))
 }
 
 /// `POST /webhooks/callrail/{tenant}`: post-call and call-modified webhooks.
@@ -118,11 +139,7 @@ pub async fn callrail(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let ip = client_ip(&service, &req);
-    let result = callrail_inner(&service, &tenant_raw, ip, req).await;
-    if let Err(e) = &result {
-        log_rejection(&tenant_raw, ip, e);
-    }
-    result
+    logged(&tenant_raw, ip, callrail_inner(&service, &tenant_raw, ip, req).await)
 }
 
 async fn callrail_inner(
@@ -132,16 +149,11 @@ async fn callrail_inner(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let tenant = tenant(service, tenant_raw).await?;
-    let (parts, body) = req.into_parts();
-    if !is_json(&parts.headers) {
-        return Err(ApiError::unsupported_media_type("application/json"));
-    }
-    let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
+    let (tenant, headers, body) = tenant_and_body(service, tenant_raw, req).await?;
     let refs = tenant.callrail.as_ref().map(|c| c.signing_keys.as_slice()).unwrap_or_default();
     let keys = keys(service, &tenant, refs).await;
     let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    signature::verify_callrail(&key_bytes, &body, header(&parts.headers, "signature"))
+    signature::verify_callrail(&key_bytes, &body, header(&headers, "signature"))
         .map_err(|e| auth_failure(service, ip, &tenant.id, e))?;
 
     let payload = CallRailWebhook::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -167,7 +179,7 @@ async fn callrail_inner(
         payload_sha256: digest,
         payload_bytes: body.len() as u64,
         lead: payload.lead_details(),
-        received_at: service.clock.now(),
+        received_at: service.ports.clock.now(),
     };
     record(service, event, started).await
 }
@@ -191,31 +203,22 @@ pub async fn form(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let ip = client_ip(&service, &req);
-    let result = form_inner(&service, &tenant_raw, ip, req).await;
-    if let Err(e) = &result {
-        log_rejection(&tenant_raw, ip, e);
-    }
-    result
+    logged(&tenant_raw, ip, form_inner(&service, &tenant_raw, ip, req).await)
 }
 
 async fn form_inner(service: &Service, tenant_raw: &str, ip: IpAddr, req: Request) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let tenant = tenant(service, tenant_raw).await?;
-    let (parts, body) = req.into_parts();
-    if !is_json(&parts.headers) {
-        return Err(ApiError::unsupported_media_type("application/json"));
-    }
-    let body = read_limited(&parts.headers, body, service.settings.max_body_bytes).await?;
+    let (tenant, headers, body) = tenant_and_body(service, tenant_raw, req).await?;
     let refs = tenant.forms.as_ref().map(|f| f.signing_keys.as_slice()).unwrap_or_default();
     let secrets = keys(service, &tenant, refs).await;
     let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| signature::standard_webhooks_key(s).ok()).collect();
     let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let headers = StandardWebhookHeaders {
-        id: header(&parts.headers, "webhook-id"),
-        timestamp: header(&parts.headers, "webhook-timestamp"),
-        signature: header(&parts.headers, "webhook-signature"),
+        id: header(&headers, "webhook-id"),
+        timestamp: header(&headers, "webhook-timestamp"),
+        signature: header(&headers, "webhook-signature"),
     };
-    let now = service.clock.now().timestamp();
+    let now = service.ports.clock.now().timestamp();
     signature::verify_standard_webhook(&key_refs, &headers, &body, now, service.settings.form_tolerance_secs)
         .map_err(|e| auth_failure(service, ip, &tenant.id, e))?;
     let webhook_id = headers.id.expect("verified above");
@@ -233,7 +236,7 @@ async fn form_inner(service: &Service, tenant_raw: &str, ip: IpAddr, req: Reques
         payload_sha256: hex::encode(Sha256::digest(&body)),
         payload_bytes: body.len() as u64,
         lead: submission.lead_details(),
-        received_at: service.clock.now(),
+        received_at: service.ports.clock.now(),
     };
     record(service, event, started).await
 }

@@ -81,13 +81,7 @@ type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
 /// The function's state: its ports and settings. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
-    pub tenants: Arc<dyn TenantDirectory>,
-    pub secrets: Arc<dyn SecretSource>,
-    pub state: Arc<dyn StateStore>,
-    pub objects: Arc<dyn ObjectStore>,
-    pub analytics: Arc<dyn AnalyticsSink>,
-    pub callrail: Arc<dyn CallRailClient>,
-    pub clock: Arc<dyn Clock>,
+    pub ports: Ports,
     pub settings: Arc<Settings>,
     /// Wakes the outbox worker when a commit added work.
     pub work_added: Arc<tokio::sync::Notify>,
@@ -97,6 +91,8 @@ pub struct Service {
     form_limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>>,
 }
 
+/// The adapters a Service runs on: embedded ones from `Service::embedded`, others (fakes, Google Cloud) by hand.
+#[derive(Clone)]
 pub struct Ports {
     pub tenants: Arc<dyn TenantDirectory>,
     pub secrets: Arc<dyn SecretSource>,
@@ -111,13 +107,7 @@ impl Service {
     pub fn new(ports: Ports, settings: Settings) -> Self {
         let per_minute = NonZeroU32::new(settings.auth_failures_per_minute.max(1)).expect("at least 1");
         Self {
-            tenants: ports.tenants,
-            secrets: ports.secrets,
-            state: ports.state,
-            objects: ports.objects,
-            analytics: ports.analytics,
-            callrail: ports.callrail,
-            clock: ports.clock,
+            ports,
             settings: Arc::new(settings),
             work_added: Arc::new(tokio::sync::Notify::new()),
             auth_failures: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))),

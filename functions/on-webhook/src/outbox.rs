@@ -100,12 +100,12 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
 
 async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
     let started = Instant::now();
-    let call = match service.state.call(&item.tenant_id, &item.call_id).await {
+    let call = match service.ports.state.call(&item.tenant_id, &item.call_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return dead_letter(service, &item, None, "call record is missing", started).await,
         Err(e) => return retry(service, &item, &e.message, None).await,
     };
-    let tenant = match service.tenants.tenant(&item.tenant_id).await {
+    let tenant = match service.ports.tenants.tenant(&item.tenant_id).await {
         Ok(Some(t)) => t,
         Ok(None) => return dead_letter(service, &item, Some(&call), "tenant is no longer configured", started).await,
         Err(e) => return retry(service, &item, &e.message, None).await,
@@ -117,15 +117,15 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         return dead_letter(service, &item, Some(&call), "tenant has no CallRail API key", started).await;
     };
     // A missing key may be fixed by an operator: retry within the budget, then dead-letter.
-    let api_key = match service.secrets.secret(key_ref).await {
+    let api_key = match service.ports.secrets.secret(key_ref).await {
         Ok(k) => k,
         Err(e) => return retry(service, &item, &format!("CallRail API key: {e}"), None).await,
     };
-    let download = match service.callrail.recording(&cr.account_id, &item.call_id, &api_key).await {
+    let download = match service.ports.callrail.recording(&cr.account_id, &item.call_id, &api_key).await {
         Ok(d) => d,
         Err(VendorError::NotFound) => {
             let reason = callflow::domain::intake::REASON_NO_RECORDING;
-            let now = service.clock.now();
+            let now = service.ports.clock.now();
             let completion = Completion {
                 transition: Some(Transition {
                     to: CallState::Skipped,
@@ -168,10 +168,10 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         metadata,
         max_bytes: service.settings.max_recording_bytes,
     };
-    match service.objects.put(object, download.body).await {
+    match service.ports.objects.put(object, download.body).await {
         Ok(info) => {
             let location = format!("{}/{}", info.bucket, info.name);
-            let now = service.clock.now();
+            let now = service.ports.clock.now();
             let completion = Completion {
                 transition: Some(Transition {
                     to: CallState::RecordingStored,
@@ -201,7 +201,7 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
 }
 
 async fn finish(service: &Service, item: &WorkItem, completion: Completion, outcome: FetchOutcome) -> FetchOutcome {
-    match service.state.complete_work(item, completion).await {
+    match service.ports.state.complete_work(item, completion).await {
         Ok(true) => {
             tracing::info!(outcome = ?outcome, "recording fetch finished");
             service.work_added.notify_one();
@@ -217,12 +217,12 @@ async fn retry(service: &Service, item: &WorkItem, error: &str, floor: Option<Du
     let policy = service.settings.fetch_retry;
     let Some(delay) = policy.next_delay(item.attempts, unit_random(), floor) else {
         let reason = format!("recording fetch failed after {} attempts: {error}", item.attempts);
-        let call = service.state.call(&item.tenant_id, &item.call_id).await.ok().flatten();
+        let call = service.ports.state.call(&item.tenant_id, &item.call_id).await.ok().flatten();
         return dead_letter(service, item, call.as_ref(), &reason, Instant::now()).await;
     };
     tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "recording fetch failed; will retry");
-    let at = not_before(service.clock.now(), delay);
-    match service.state.retry_work(item, at, error).await {
+    let at = not_before(service.ports.clock.now(), delay);
+    match service.ports.state.retry_work(item, at, error).await {
         Ok(()) => FetchOutcome::Retrying { after: delay, error: error.to_owned() },
         Err(e) => FetchOutcome::Retrying { after: FETCH_LEASE, error: e.message },
     }
@@ -236,7 +236,7 @@ async fn dead_letter(
     started: Instant,
 ) -> FetchOutcome {
     tracing::error!(reason = %reason, "recording fetch dead-lettered");
-    let now = service.clock.now();
+    let now = service.ports.clock.now();
     let follow_up = call
         .map(|c| {
             let end = End { to: CallState::DeadLettered, outcome: "dead_lettered", reason: Some(reason), bytes: None };
@@ -257,7 +257,7 @@ async fn dead_letter(
 
 /// Send due analytics rows to the sink in one batch. Returns how many were delivered.
 pub async fn flush_analytics(service: &Service) -> usize {
-    let items = match service.state.claim_work(&[WorkKind::Analytics], ANALYTICS_BATCH, ANALYTICS_LEASE).await {
+    let items = match service.ports.state.claim_work(&[WorkKind::Analytics], ANALYTICS_BATCH, ANALYTICS_LEASE).await {
         Ok(items) if !items.is_empty() => items,
         Ok(_) => return 0,
         Err(e) => {
@@ -275,13 +275,13 @@ pub async fn flush_analytics(service: &Service) -> usize {
             Err(e) => {
                 let poison =
                     Completion { dead_letter: Some(format!("unreadable analytics row: {e}")), ..Completion::default() };
-                let _ = service.state.complete_work(&item, poison).await;
+                let _ = service.ports.state.complete_work(&item, poison).await;
             }
         }
     }
-    match service.analytics.insert(&rows).await {
+    match service.ports.analytics.insert(&rows).await {
         // If this fails the rows are delivered again when their lease ends; the sink drops them by insert_id.
-        Ok(()) => service.state.complete_batch(&good).await.unwrap_or(0),
+        Ok(()) => service.ports.state.complete_batch(&good).await.unwrap_or(0),
         Err(e) => {
             tracing::warn!(error = %e, rows = rows.len(), "analytics insert failed; will retry");
             let policy = callflow::domain::work::RetryPolicy {
@@ -291,7 +291,11 @@ pub async fn flush_analytics(service: &Service) -> usize {
             };
             for item in &good {
                 let delay = policy.next_delay(item.attempts, unit_random(), None).unwrap_or(policy.max);
-                let _ = service.state.retry_work(item, not_before(service.clock.now(), delay), &e.message).await;
+                let _ = service
+                    .ports
+                    .state
+                    .retry_work(item, not_before(service.ports.clock.now(), delay), &e.message)
+                    .await;
             }
             0
         }
@@ -311,7 +315,7 @@ pub async fn drain_pass(service: &Service) -> (usize, Vec<FetchOutcome>) {
     }
     let limit = service.settings.fetch_concurrency.max(1);
     let items =
-        service.state.claim_work(&[WorkKind::FetchRecording], 10 * limit, FETCH_LEASE).await.unwrap_or_default();
+        service.ports.state.claim_work(&[WorkKind::FetchRecording], 10 * limit, FETCH_LEASE).await.unwrap_or_default();
     let outcomes = futures::stream::iter(items)
         .map(|item| process_fetch(service, item))
         .buffer_unordered(limit)
@@ -323,7 +327,7 @@ pub async fn drain_pass(service: &Service) -> (usize, Vec<FetchOutcome>) {
 
 /// `POST /internal/outbox/drain`: drain due work inside this request (Cloud Scheduler's backstop).
 pub async fn drain_endpoint(State(service): State<Service>) -> Result<Json<Value>, ApiError> {
-    let now_ms = service.clock.now().timestamp_millis().max(0) as u64;
+    let now_ms = service.ports.clock.now().timestamp_millis().max(0) as u64;
     let last = service.last_drain_ms.swap(now_ms, Ordering::Relaxed);
     if now_ms.saturating_sub(last) < 1_000 {
         return Err(ApiError::too_many_requests(1));
@@ -343,7 +347,7 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         let mut busy = flush_analytics(&service).await > 0;
         let free = permits.available_permits();
         if free > 0 {
-            match service.state.claim_work(&[WorkKind::FetchRecording], free, FETCH_LEASE).await {
+            match service.ports.state.claim_work(&[WorkKind::FetchRecording], free, FETCH_LEASE).await {
                 Ok(items) => {
                     busy |= !items.is_empty();
                     for item in items {
@@ -365,9 +369,9 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         if busy {
             continue;
         }
-        let due = service.state.next_due(&[WorkKind::FetchRecording, WorkKind::Analytics]).await.ok().flatten();
+        let due = service.ports.state.next_due(&[WorkKind::FetchRecording, WorkKind::Analytics]).await.ok().flatten();
         let wait = due
-            .map(|at| (at - service.clock.now()).to_std().unwrap_or(Duration::ZERO))
+            .map(|at| (at - service.ports.clock.now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(IDLE_POLL)
             .clamp(Duration::from_millis(5), IDLE_POLL);
         tokio::select! {

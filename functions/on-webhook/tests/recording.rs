@@ -23,7 +23,7 @@ async fn accept_call(h: &Harness) {
 async fn fetch_once(h: &Harness) -> FetchOutcome {
     for _ in 0..200 {
         let mut items =
-            h.service.state.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap();
+            h.service.ports.state.claim_work(&[WorkKind::FetchRecording], 1, Duration::from_secs(60)).await.unwrap();
         if let Some(item) = items.pop() {
             return process_fetch(&h.service, item).await;
         }
@@ -47,7 +47,7 @@ async fn a_recording_is_streamed_into_the_bucket_with_its_metadata() {
     let outcome = fetch_once(&h).await;
     assert_eq!(outcome, FetchOutcome::Stored { object: format!("recordings/{ACME}/{CALL}.mp3"), bytes: 13 });
     assert_eq!(std::fs::read(h.object_path(ACME, CALL)).unwrap(), audio);
-    let info = h.service.objects.head("recordings", &format!("{ACME}/{CALL}.mp3")).await.unwrap().unwrap();
+    let info = h.service.ports.objects.head("recordings", &format!("{ACME}/{CALL}.mp3")).await.unwrap().unwrap();
     assert_eq!((info.metadata["tenant_id"].as_str(), info.metadata["call_id"].as_str()), (ACME, CALL));
     assert_eq!(info.content_type, "audio/mpeg");
     assert_eq!(h.call_state(CALL).unwrap().0, "recording_stored");
