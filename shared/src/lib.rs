@@ -3,5 +3,6 @@
 
 pub mod adapters;
 pub mod domain;
+pub mod eventarc;
 pub mod ports;
 pub mod runtime;

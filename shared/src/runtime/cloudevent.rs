@@ -185,18 +185,46 @@ pub struct MessagePublishedData {
     pub delivery_attempt: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A Pub/Sub message. Real deliveries may carry both the camelCase fields and snake_case duplicates
+/// (`message_id`, `publish_time`), so both are read separately and merged; an alias would reject the pair.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PubsubMessage {
-    #[serde(default)]
     pub data: Option<String>,
-    #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    #[serde(default, rename = "messageId", alias = "message_id")]
     pub message_id: Option<String>,
-    #[serde(default, rename = "publishTime", alias = "publish_time")]
     pub publish_time: Option<DateTime<Utc>>,
-    #[serde(default, rename = "orderingKey", alias = "ordering_key")]
     pub ordering_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPubsubMessage {
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    attributes: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "messageId")]
+    message_id: Option<String>,
+    #[serde(default, rename = "message_id")]
+    message_id_snake: Option<String>,
+    #[serde(default, rename = "publishTime")]
+    publish_time: Option<DateTime<Utc>>,
+    #[serde(default, rename = "publish_time")]
+    publish_time_snake: Option<DateTime<Utc>>,
+    #[serde(default, rename = "orderingKey")]
+    ordering_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for PubsubMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawPubsubMessage::deserialize(d)?;
+        Ok(Self {
+            data: raw.data,
+            attributes: raw.attributes.unwrap_or_default(),
+            message_id: raw.message_id.or(raw.message_id_snake),
+            publish_time: raw.publish_time.or(raw.publish_time_snake),
+            ordering_key: raw.ordering_key.filter(|k| !k.is_empty()),
+        })
+    }
 }
 
 impl PubsubMessage {
@@ -299,6 +327,20 @@ mod tests {
         assert_eq!(msg.delivery_attempt, Some(3));
         assert_eq!(msg.message.decoded_data().unwrap(), br#"{"schema_version":1}"#);
         assert_eq!(msg.message.attributes["tenant_id"], "acme");
+    }
+
+    #[test]
+    fn real_deliveries_with_snake_case_duplicates_and_type_fields_parse() {
+        let body = br#"{"message":{"attributes":{},"data":"e30=","messageId":"9","message_id":"9",
+            "publishTime":"2024-01-01T00:00:00Z","publish_time":"2024-01-01T00:00:00Z"},
+            "subscription":"projects/p/subscriptions/s","@type":"type.googleapis.com/google.pubsub.v1.PubsubMessage"}"#;
+        let ev = IncomingEvent::from_http(&HeaderMap::new(), Bytes::from_static(body)).unwrap();
+        let msg = ev.pubsub_message().unwrap().message;
+        assert_eq!((msg.message_id.as_deref(), msg.decoded_data().unwrap()), (Some("9"), b"{}".to_vec()));
+        let snake_only =
+            br#"{"message":{"data":"","message_id":"7","publish_time":"2024-01-01T00:00:00Z"},"subscription":"s"}"#;
+        let ev = IncomingEvent::from_http(&HeaderMap::new(), Bytes::from_static(snake_only)).unwrap();
+        assert_eq!(ev.id, "7");
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! Trigger definitions (`eventarc/triggers.toml`) bound to one environment's names (`eventarc/environments.toml`).
+//! Pure parsing and validation; every error names the file, the trigger and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::runtime::cloudevent::{PUBSUB_PUBLISHED, STORAGE_FINALIZED};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    StorageFinalized,
+    PubSubPublished,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StorageFinalized => STORAGE_FINALIZED,
+            Self::PubSubPublished => PUBSUB_PUBLISHED,
+        }
+    }
+}
+
+/// What a trigger listens to, with the environment's real name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Bucket(String),
+    Topic(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_delivery_attempts: u32,
+    /// Real topic name.
+    pub dead_letter_topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub name: String,
+    pub destination: String,
+    pub event_type: EventType,
+    pub source: Source,
+    /// The role the source was given by (`recordings`, `analysis-complete`, …).
+    pub role: String,
+    pub timeout: Duration,
+    pub retry: Retry,
+}
+
+#[derive(Debug, Clone)]
+pub struct Triggers {
+    pub environment: String,
+    pub project: String,
+    pub triggers: Vec<Trigger>,
+    /// Role → real name.
+    pub buckets: BTreeMap<String, String>,
+    pub topics: BTreeMap<String, String>,
+}
+
+impl Triggers {
+    pub fn for_bucket<'a>(&'a self, bucket: &'a str) -> impl Iterator<Item = &'a Trigger> + 'a {
+        self.triggers.iter().filter(move |t| t.source == Source::Bucket(bucket.to_owned()))
+    }
+    pub fn for_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Trigger> + 'a {
+        self.triggers.iter().filter(move |t| t.source == Source::Topic(topic.to_owned()))
+    }
+    pub fn get(&self, name: &str) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.name == name)
+    }
+    pub fn bucket(&self, role: &str) -> Option<&str> {
+        self.buckets.get(role).map(String::as_str)
+    }
+    pub fn topic(&self, role: &str) -> Option<&str> {
+        self.topics.get(role).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub file: String,
+    pub trigger: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(t) = &self.trigger {
+            write!(f, ": trigger {t:?}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field {field:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for DefinitionError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggersFile {
+    #[serde(rename = "trigger", default)]
+    triggers: Vec<RawTrigger>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    name: String,
+    destination: String,
+    event_type: String,
+    bucket: Option<String>,
+    topic: Option<String>,
+    timeout_secs: Option<u64>,
+    retry: RawRetry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    min_backoff_secs: u64,
+    max_backoff_secs: u64,
+    max_delivery_attempts: u32,
+    dead_letter_topic: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    project: String,
+    #[serde(default)]
+    buckets: BTreeMap<String, String>,
+    #[serde(default)]
+    topics: BTreeMap<String, String>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Read `triggers.toml` and `environments.toml` from `dir` and bind them to `environment`.
+pub fn load(dir: &Path, environment: &str) -> Result<Triggers, DefinitionError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| DefinitionError {
+            file: path.display().to_string(),
+            trigger: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })
+    };
+    let (t, e) = (read("triggers.toml")?, read("environments.toml")?);
+    let label = |name: &str| dir.join(name).display().to_string();
+    parse(&t, &label("triggers.toml"), &e, &label("environments.toml"), environment)
+}
+
+pub fn parse(
+    triggers_toml: &str,
+    triggers_file: &str,
+    environments_toml: &str,
+    environments_file: &str,
+    environment: &str,
+) -> Result<Triggers, DefinitionError> {
+    let fail = |file: &str, trigger: Option<&str>, field: Option<&str>, message: String| DefinitionError {
+        file: file.to_owned(),
+        trigger: trigger.map(str::to_owned),
+        field: field.map(str::to_owned),
+        message,
+    };
+    let envs: BTreeMap<String, RawEnvironment> = toml::from_str(environments_toml)
+        .map_err(|e| fail(environments_file, None, None, e.to_string().trim().replace('\n', " ")))?;
+    let env = envs.get(environment).ok_or_else(|| {
+        let known: Vec<&str> = envs.keys().map(String::as_str).collect();
+        fail(environments_file, None, None, format!("no environment {environment:?} (defined: {})", known.join(", ")))
+    })?;
+    let file: TriggersFile = toml::from_str(triggers_toml)
+        .map_err(|e| fail(triggers_file, None, None, e.to_string().trim().replace('\n', " ")))?;
+    let mut triggers: Vec<Trigger> = Vec::new();
+    for raw in file.triggers {
+        let name = raw.name.as_str();
+        let err = |field: &str, message: String| fail(triggers_file, Some(name), Some(field), message);
+        if !valid_name(name) {
+            return Err(err("name", "use 1-63 characters of a-z, 0-9 and '-'".into()));
+        }
+        if triggers.iter().any(|t| t.name == name) {
+            return Err(err("name", "defined twice".into()));
+        }
+        if !valid_name(&raw.destination) {
+            return Err(err("destination", "must name a function (a-z, 0-9, '-')".into()));
+        }
+        let bind = |map: &BTreeMap<String, String>, kind: &str, field: &str, role: &str| {
+            map.get(role).cloned().ok_or_else(|| {
+                let known: Vec<&str> = map.keys().map(String::as_str).collect();
+                err(
+                    field,
+                    format!(
+                        "{kind} role {role:?} is not bound in environment {environment:?} (bound: {})",
+                        known.join(", ")
+                    ),
+                )
+            })
+        };
+        let (event_type, source, role) = match (raw.event_type.as_str(), &raw.bucket, &raw.topic) {
+            (STORAGE_FINALIZED, Some(b), None) => {
+                (EventType::StorageFinalized, Source::Bucket(bind(&env.buckets, "bucket", "bucket", b)?), b.clone())
+            }
+            (STORAGE_FINALIZED, _, _) => {
+                return Err(err("bucket", "a storage trigger needs a bucket and no topic".into()));
+            }
+            (PUBSUB_PUBLISHED, None, Some(t)) => {
+                (EventType::PubSubPublished, Source::Topic(bind(&env.topics, "topic", "topic", t)?), t.clone())
+            }
+            (PUBSUB_PUBLISHED, _, _) => {
+                return Err(err("topic", "a Pub/Sub trigger needs a topic and no bucket".into()));
+            }
+            (other, _, _) => {
+                return Err(err(
+                    "event_type",
+                    format!("{other:?} is not supported (use {STORAGE_FINALIZED} or {PUBSUB_PUBLISHED})"),
+                ));
+            }
+        };
+        let r = &raw.retry;
+        if r.min_backoff_secs == 0 || r.min_backoff_secs > r.max_backoff_secs || r.max_backoff_secs > 600 {
+            return Err(err("retry.min_backoff_secs", "need 0 < min_backoff_secs <= max_backoff_secs <= 600".into()));
+        }
+        if !(5..=100).contains(&r.max_delivery_attempts) {
+            return Err(err("retry.max_delivery_attempts", "Pub/Sub allows 5 to 100".into()));
+        }
+        let dead_letter_topic = bind(&env.topics, "topic", "retry.dead_letter_topic", &r.dead_letter_topic)?;
+        let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(60));
+        if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+            return Err(err("timeout_secs", "must be 1 to 3600".into()));
+        }
+        triggers.push(Trigger {
+            name: raw.name.clone(),
+            destination: raw.destination.clone(),
+            event_type,
+            source,
+            role,
+            timeout,
+            retry: Retry {
+                min_backoff: Duration::from_secs(r.min_backoff_secs),
+                max_backoff: Duration::from_secs(r.max_backoff_secs),
+                max_delivery_attempts: r.max_delivery_attempts,
+                dead_letter_topic,
+            },
+        });
+    }
+    Ok(Triggers {
+        environment: environment.to_owned(),
+        project: env.project.clone(),
+        triggers,
+        buckets: env.buckets.clone(),
+        topics: env.topics.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRIGGERS: &str = include_str!("../../eventarc/triggers.toml");
+    const ENVS: &str = include_str!("../../eventarc/environments.toml");
+
+    #[test]
+    fn the_repos_definitions_load_in_every_environment() {
+        for env in ["embedded", "emulators", "gcp"] {
+            let t = parse(TRIGGERS, "triggers.toml", ENVS, "environments.toml", env).unwrap();
+            assert_eq!(t.triggers.len(), 5, "{env}");
+        }
+        let t = parse(TRIGGERS, "triggers.toml", ENVS, "environments.toml", "embedded").unwrap();
+        let on_rec: Vec<_> = t.for_bucket("recordings").map(|t| t.destination.as_str()).collect();
+        assert_eq!(on_rec, ["on-audio-uploaded"]);
+        assert_eq!(t.for_topic("analysis-complete").count(), 1);
+        assert_eq!(t.for_bucket("elsewhere").count(), 0);
+    }
+
+    fn error(triggers: &str) -> String {
+        parse(triggers, "eventarc/triggers.toml", ENVS, "eventarc/environments.toml", "embedded")
+            .unwrap_err()
+            .to_string()
+    }
+
+    const OK: &str = r#"
+        [[trigger]]
+        name = "t1"
+        destination = "on-x"
+        event_type = "google.cloud.storage.object.v1.finalized"
+        bucket = "recordings"
+        [trigger.retry]
+        min_backoff_secs = 10
+        max_backoff_secs = 600
+        max_delivery_attempts = 5
+        dead_letter_topic = "dead-letters"
+    "#;
+
+    #[test]
+    fn invalid_definitions_say_file_trigger_and_field() {
+        assert!(parse(OK, "f", ENVS, "e", "embedded").is_ok());
+        let cases = [
+            (
+                OK.replace("\"recordings\"", "\"recordingz\""),
+                r#"trigger "t1", field "bucket": bucket role "recordingz" is not bound"#,
+            ),
+            (
+                OK.replace("max_delivery_attempts = 5", "max_delivery_attempts = 3"),
+                r#"field "retry.max_delivery_attempts""#,
+            ),
+            (OK.replace("min_backoff_secs = 10", "min_backoff_secs = 700"), r#"field "retry.min_backoff_secs""#),
+            (OK.replace("storage.object.v1.finalized", "storage.object.v1.deleted"), r#"field "event_type""#),
+            (OK.replace("bucket = \"recordings\"", "topic = \"crm-retry\""), r#"field "bucket": a storage trigger"#),
+            (OK.replace("\"dead-letters\"", "\"nowhere\""), r#"field "retry.dead_letter_topic""#),
+            (OK.replace("name = \"t1\"", "name = \"T 1\""), r#"field "name""#),
+            (format!("{OK}{}", OK), r#"trigger "t1", field "name": defined twice"#),
+        ];
+        for (text, expected) in cases {
+            let e = error(&text);
+            assert!(e.starts_with("eventarc/triggers.toml"), "{e}");
+            assert!(e.contains(expected), "expected {expected:?} in {e}");
+        }
+        let e = error(&OK.replace("destination", "destinaton"));
+        assert!(e.starts_with("eventarc/triggers.toml") && e.contains("destinaton"), "{e}");
+        let e = parse(OK, "f", ENVS, "eventarc/environments.toml", "staging").unwrap_err().to_string();
+        assert!(e.contains("no environment \"staging\""), "{e}");
+    }
+}
