@@ -105,6 +105,18 @@ pub trait ObjectStore: Send + Sync {
     async fn get(&self, bucket: &str, name: &str) -> PortResult<Option<(ObjectInfo, Bytes)>>;
 }
 
+/// Publishing a message on a topic (Pub/Sub; locally the router). Returns the message id.
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    async fn publish(
+        &self,
+        topic: &str,
+        data: Bytes,
+        attributes: BTreeMap<String, String>,
+        ordering_key: Option<&str>,
+    ) -> PortResult<String>;
+}
+
 #[async_trait]
 pub trait AnalyticsSink: Send + Sync {
     /// Insert rows; a row whose insert_id was already inserted is not inserted again.

@@ -14,6 +14,7 @@ use axum::routing::post;
 use callflow::adapters::callrail::{DEFAULT_BASE_URL, HttpCallRail};
 use callflow::adapters::sqlite::Durability;
 use callflow::domain::work::RetryPolicy;
+use callflow::eventarc::Triggers;
 use callflow::ports::{
     AnalyticsSink, CallRailClient, Clock, ObjectStore, SecretSource, StateStore, SystemClock, TenantDirectory,
 };
@@ -26,6 +27,8 @@ pub struct Settings {
     pub port: u16,
     pub data_dir: PathBuf,
     pub tenants_file: PathBuf,
+    /// Trigger definitions and the environment whose names they are bound to.
+    pub triggers: Triggers,
     pub callrail_api: String,
     /// Timeout of one CallRail API call (the audio download gets longer: it streams megabytes).
     pub callrail_api_timeout: Duration,
@@ -43,35 +46,65 @@ pub struct Settings {
     pub durability: Durability,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
-        _ => Ok(default),
-    }
-}
-
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Settings from any source of variables (the environment in production; a map in tests).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        fn parse<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> anyhow::Result<T> {
+            match value {
+                Some(v) if !v.is_empty() => v.parse().map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
+                _ => Ok(default),
+            }
+        }
+        let eventarc_dir: PathBuf = parse("CALLFLOW_EVENTARC", var("CALLFLOW_EVENTARC"), PathBuf::from("eventarc"))?;
+        let environment: String = parse("CALLFLOW_ENVIRONMENT", var("CALLFLOW_ENVIRONMENT"), "embedded".to_owned())?;
+        let triggers = callflow::eventarc::load(&eventarc_dir, &environment)?;
         Ok(Self {
-            port: callflow::runtime::serve::port_from_env()?,
-            data_dir: env_or("CALLFLOW_DATA_DIR", PathBuf::from(".data"))?,
-            tenants_file: env_or("CALLFLOW_TENANTS", PathBuf::from("fixtures/tenants.toml"))?,
-            callrail_api: env_or("CALLFLOW_CALLRAIL_API", DEFAULT_BASE_URL.to_owned())?,
-            callrail_api_timeout: Duration::from_millis(env_or("CALLFLOW_CALLRAIL_TIMEOUT_MS", 15_000)?),
-            recordings_bucket: env_or("CALLFLOW_RECORDINGS_BUCKET", "recordings".to_owned())?,
+            port: parse("PORT", var("PORT"), 8080)?,
+            data_dir: parse("CALLFLOW_DATA_DIR", var("CALLFLOW_DATA_DIR"), PathBuf::from(".data"))?,
+            tenants_file: parse("CALLFLOW_TENANTS", var("CALLFLOW_TENANTS"), PathBuf::from("fixtures/tenants.toml"))?,
+            recordings_bucket: triggers.bucket("recordings").map(str::to_owned).ok_or_else(|| {
+                anyhow::anyhow!("environment {:?} binds no bucket to the role \"recordings\"", triggers.environment)
+            })?,
+            triggers,
+            callrail_api: parse("CALLFLOW_CALLRAIL_API", var("CALLFLOW_CALLRAIL_API"), DEFAULT_BASE_URL.to_owned())?,
+            callrail_api_timeout: Duration::from_millis(parse(
+                "CALLFLOW_CALLRAIL_TIMEOUT_MS",
+                var("CALLFLOW_CALLRAIL_TIMEOUT_MS"),
+                15_000,
+            )?),
             max_body_bytes: 1024 * 1024,
-            max_recording_bytes: env_or("CALLFLOW_MAX_RECORDING_BYTES", 256 * 1024 * 1024)?,
+            max_recording_bytes: parse(
+                "CALLFLOW_MAX_RECORDING_BYTES",
+                var("CALLFLOW_MAX_RECORDING_BYTES"),
+                256 * 1024 * 1024,
+            )?,
             fetch_retry: RetryPolicy {
-                max_attempts: env_or("CALLFLOW_FETCH_MAX_ATTEMPTS", 8)?,
-                base: Duration::from_millis(env_or("CALLFLOW_FETCH_BACKOFF_MS", 2_000)?),
+                max_attempts: parse("CALLFLOW_FETCH_MAX_ATTEMPTS", var("CALLFLOW_FETCH_MAX_ATTEMPTS"), 8)?,
+                base: Duration::from_millis(parse(
+                    "CALLFLOW_FETCH_BACKOFF_MS",
+                    var("CALLFLOW_FETCH_BACKOFF_MS"),
+                    2_000,
+                )?),
                 max: Duration::from_secs(600),
             },
-            fetch_concurrency: env_or("CALLFLOW_FETCH_CONCURRENCY", 8)?,
+            fetch_concurrency: parse("CALLFLOW_FETCH_CONCURRENCY", var("CALLFLOW_FETCH_CONCURRENCY"), 8)?,
             form_tolerance_secs: 300,
-            auth_failures_per_minute: env_or("CALLFLOW_AUTH_FAILURES_PER_MINUTE", 30)?,
-            trust_forwarded_for: env_or("CALLFLOW_TRUST_FORWARDED_FOR", false)?,
+            auth_failures_per_minute: parse(
+                "CALLFLOW_AUTH_FAILURES_PER_MINUTE",
+                var("CALLFLOW_AUTH_FAILURES_PER_MINUTE"),
+                30,
+            )?,
+            trust_forwarded_for: parse("CALLFLOW_TRUST_FORWARDED_FOR", var("CALLFLOW_TRUST_FORWARDED_FOR"), false)?,
             drain: Duration::from_secs(8),
-            durability: Durability::from_env(),
+            durability: if var("CALLFLOW_SQLITE_SYNC").as_deref() == Some("normal") {
+                Durability::Normal
+            } else {
+                Durability::Full
+            },
         })
     }
 }
@@ -116,19 +149,27 @@ impl Service {
         }
     }
 
-    /// The embedded mode: SQLite state and analytics, a directory for objects, tenants from a TOML file.
+    /// The embedded mode, standalone: opens the embedded backends itself. In this mode recordings still get their
+    /// finalize events recorded (durably, in `router.sqlite`); the one-process host is what delivers them.
     pub async fn embedded(settings: &Settings) -> anyhow::Result<Self> {
-        let e = Embedded::open(&settings.data_dir, &settings.tenants_file, settings.durability)?;
+        let e =
+            Embedded::open(&settings.data_dir, &settings.tenants_file, settings.triggers.clone(), settings.durability)?;
+        e.router.release_leases().await?;
+        Self::with_embedded(&e, settings).await
+    }
+
+    /// on-webhook over already opened embedded backends (the host opens them once for every function).
+    pub async fn with_embedded(e: &Embedded, settings: &Settings) -> anyhow::Result<Self> {
         let released = e.state.release_all_leases().await?;
         if released > 0 {
             tracing::info!(released, "resuming work interrupted by the previous stop");
         }
         let ports = Ports {
-            tenants: e.tenants,
-            secrets: e.secrets,
-            state: e.state,
-            objects: e.objects,
-            analytics: e.analytics,
+            tenants: e.tenants.clone(),
+            secrets: e.secrets.clone(),
+            state: e.state.clone(),
+            objects: e.objects.clone(),
+            analytics: e.analytics.clone(),
             callrail: Arc::new(
                 HttpCallRail::new(settings.callrail_api.clone())?
                     .with_timeouts(settings.callrail_api_timeout, Duration::from_secs(300)),

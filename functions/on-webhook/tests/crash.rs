@@ -23,6 +23,7 @@ fn start(data: &Path, callrail: &str, port: u16, log: &Path) -> Child {
         .env("PORT", port.to_string())
         .env("CALLFLOW_DATA_DIR", data)
         .env("CALLFLOW_TENANTS", fixtures_dir().join("tenants.toml"))
+        .env("CALLFLOW_EVENTARC", fixtures_dir().join("../eventarc"))
         .env("CALLFLOW_CALLRAIL_API", callrail)
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))

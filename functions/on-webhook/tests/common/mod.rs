@@ -43,7 +43,9 @@ pub struct Harness {
 }
 
 pub fn test_settings(data_dir: PathBuf, callrail_api: String) -> Settings {
-    let mut s = Settings::from_env().unwrap();
+    let eventarc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../eventarc");
+    let mut s =
+        Settings::from_lookup(|name| (name == "CALLFLOW_EVENTARC").then(|| eventarc.display().to_string())).unwrap();
     s.data_dir = data_dir;
     s.tenants_file = fixtures_dir().join("tenants.toml");
     s.callrail_api = callrail_api;

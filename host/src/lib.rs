@@ -1,0 +1,40 @@
+//! The one-process host (embedded mode): opens the embedded backends once, builds every function over them,
+//! hosts each trigger destination on the local router, and serves the public webhook endpoint on one port.
+//! Each function still builds and runs alone as its own binary for Cloud Run.
+
+use std::sync::Arc;
+
+use callflow::adapters::local_router::LocalRouter;
+use callflow::runtime::embedded::Embedded;
+use on_webhook::Settings;
+
+pub struct Host {
+    pub embedded: Embedded,
+    pub router: Arc<LocalRouter>,
+    /// The public function: CallRail and form webhooks.
+    pub webhook: on_webhook::Service,
+    pub settings: Settings,
+}
+
+/// Concurrent deliveries per function (Cloud Run's per-instance concurrency plays this part there).
+pub const DELIVERY_CONCURRENCY: usize = 8;
+
+impl Host {
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let embedded =
+            Embedded::open(&settings.data_dir, &settings.tenants_file, settings.triggers.clone(), settings.durability)?;
+        embedded.router.release_leases().await?;
+        let router = embedded.router.clone();
+        let webhook = on_webhook::Service::with_embedded(&embedded, &settings).await?;
+        // Trigger destinations, one line each, as their stages land:
+        //   router.host("on-audio-uploaded", on_audio_uploaded::app(...), DELIVERY_CONCURRENCY);
+        for t in router.unhosted_triggers() {
+            tracing::info!(
+                trigger = %t.name,
+                destination = %t.destination,
+                "no function for this trigger in this host yet; its events are kept until one is hosted"
+            );
+        }
+        Ok(Self { embedded, router, webhook, settings })
+    }
+}

@@ -1,0 +1,174 @@
+//! The one-process host: on-webhook's recordings reach the router as one finalize event per generation, and the
+//! `callflow` binary serves, routes and stops cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use callflow::domain::signature::sign_callrail;
+use callflow::ports::ObjectStore;
+use tower::ServiceExt;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
+const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn settings(data: &Path, callrail: &str) -> on_webhook::Settings {
+    let vars = [
+        ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
+        ("CALLFLOW_DATA_DIR", data.display().to_string()),
+        ("CALLFLOW_TENANTS", repo().join("fixtures/tenants.toml").display().to_string()),
+        ("CALLFLOW_CALLRAIL_API", callrail.to_owned()),
+    ];
+    on_webhook::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
+}
+
+async fn fake_callrail() -> MockServer {
+    let mock = MockServer::start().await;
+    let url = format!("{}/audio/{CALL}.mp3", mock.uri());
+    Mock::given(method("GET"))
+        .and(path_regex("recording.json$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "url": url })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex("/audio/"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(&b"ID3 host"[..], "audio/mpeg"))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+fn webhook() -> Request<Body> {
+    let body = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
+    Request::post("/webhooks/callrail/acme-remodeling")
+        .header("content-type", "application/json")
+        .header("signature", sign_callrail(KEY, &body))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stored_recording_is_one_finalize_event_per_generation_for_the_next_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = fake_callrail().await;
+    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    for _ in 0..3 {
+        let resp = on_webhook::app(host.webhook.clone()).oneshot(webhook()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    on_webhook::outbox::drain_pass(&host.webhook).await;
+    on_webhook::outbox::drain_pass(&host.webhook).await;
+
+    let events = host.router.pending().await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ev = &events[0];
+    assert_eq!((ev.trigger.as_str(), ev.destination.as_str()), ("recording-finalized", "on-audio-uploaded"));
+    assert_eq!(ev.ce_subject.as_deref(), Some(format!("objects/acme-remodeling/{CALL}.mp3").as_str()));
+    let head = host.embedded.objects.head("recordings", &format!("acme-remodeling/{CALL}.mp3")).await.unwrap().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&ev.body).unwrap();
+    assert_eq!(body["generation"], head.generation.to_string());
+    assert_eq!(body["metadata"]["call_id"], CALL);
+    // on-audio-uploaded is not hosted yet: the event waits; it is neither delivered nor dead-lettered.
+    assert!(host.router.deliver_due().await.is_empty());
+    assert_eq!(host.router.pending().await.unwrap().len(), 1);
+    assert!(host.router.dead_letters().await.unwrap().is_empty());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = fake_callrail().await;
+    let port = free_port();
+    let vars = [
+        ("PORT", port.to_string()),
+        ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
+        ("CALLFLOW_DATA_DIR", dir.path().display().to_string()),
+        ("CALLFLOW_TENANTS", repo().join("fixtures/tenants.toml").display().to_string()),
+        ("CALLFLOW_CALLRAIL_API", mock.uri()),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callflow"))
+        .envs(vars.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "callflow did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (parts, body) = webhook().into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let resp = client.post(format!("{base}{}", parts.uri)).headers(parts.headers).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let db = dir.path().join("router.sqlite");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM events WHERE trigger = 'recording-finalized'", [], |r| r.get(0))
+            })
+            .unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the recording's finalize event never reached the router");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list = Command::new(env!("CARGO_BIN_EXE_callflow"))
+        .args(["dead-letters", "list", "--json"])
+        .envs(vars.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed["events"].as_array().map(Vec::len), Some(0));
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(9), "did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn invalid_trigger_definitions_stop_start_up_naming_the_file_trigger_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let eventarc = dir.path().join("eventarc");
+    std::fs::create_dir_all(&eventarc).unwrap();
+    let triggers = std::fs::read_to_string(repo().join("eventarc/triggers.toml")).unwrap();
+    std::fs::write(
+        eventarc.join("triggers.toml"),
+        triggers.replace("max_delivery_attempts = 20", "max_delivery_attempts = 200"),
+    )
+    .unwrap();
+    std::fs::copy(repo().join("eventarc/environments.toml"), eventarc.join("environments.toml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callflow"))
+        .env("CALLFLOW_EVENTARC", &eventarc)
+        .env("CALLFLOW_DATA_DIR", dir.path().join("data"))
+        .env("CALLFLOW_TENANTS", repo().join("fixtures/tenants.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("triggers.toml: trigger \"crm-retry\", field \"retry.max_delivery_attempts\""), "{err}");
+}
