@@ -130,6 +130,27 @@ pub struct LocalRouter {
     time_scale: f64,
 }
 
+/// The columns `routed_event` reads, in its order.
+const EVENT_COLUMNS: &str =
+    "id, trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time, body, attempts, last_status, last_error";
+
+fn routed_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoutedEvent> {
+    Ok(RoutedEvent {
+        id: r.get(0)?,
+        trigger: r.get(1)?,
+        destination: r.get(2)?,
+        ce_id: r.get(3)?,
+        ce_source: r.get(4)?,
+        ce_type: r.get(5)?,
+        ce_subject: r.get(6)?,
+        ce_time: r.get(7)?,
+        body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
+        attempts: r.get(9)?,
+        last_status: r.get(10)?,
+        last_error: r.get(11)?,
+    })
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -235,26 +256,8 @@ impl LocalRouter {
     pub async fn pending(&self) -> PortResult<Vec<RoutedEvent>> {
         self.writer
             .write(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT id, trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time, body, attempts,
-                            last_status, last_error FROM events ORDER BY id",
-                )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok(RoutedEvent {
-                        id: r.get(0)?,
-                        trigger: r.get(1)?,
-                        destination: r.get(2)?,
-                        ce_id: r.get(3)?,
-                        ce_source: r.get(4)?,
-                        ce_type: r.get(5)?,
-                        ce_subject: r.get(6)?,
-                        ce_time: r.get(7)?,
-                        body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
-                        attempts: r.get(9)?,
-                        last_status: r.get(10)?,
-                        last_error: r.get(11)?,
-                    })
-                })?;
+                let mut stmt = c.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))?;
+                let rows = stmt.query_map([], routed_event)?;
                 rows.collect()
             })
             .await
@@ -319,31 +322,15 @@ impl LocalRouter {
         let destination = destination.to_owned();
         self.writer
             .write(move |c| {
-                let mut stmt = c.prepare_cached(
+                let mut stmt = c.prepare_cached(&format!(
                     "UPDATE events SET lease = ?1, lease_until = ?2, attempts = attempts + 1
                      WHERE id IN (SELECT id FROM events WHERE destination = ?3 AND not_before <= ?4
                                     AND (lease_until IS NULL OR lease_until <= ?4)
                                   ORDER BY not_before, id LIMIT ?5)
-                     RETURNING id, trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time, body, attempts",
-                )?;
+                     RETURNING {EVENT_COLUMNS}"
+                ))?;
                 let rows = stmt.query_map(params![token, until, destination, micros(now), limit as i64], |r| {
-                    Ok((
-                        RoutedEvent {
-                            id: r.get(0)?,
-                            trigger: r.get(1)?,
-                            destination: r.get(2)?,
-                            ce_id: r.get(3)?,
-                            ce_source: r.get(4)?,
-                            ce_type: r.get(5)?,
-                            ce_subject: r.get(6)?,
-                            ce_time: r.get(7)?,
-                            body: Bytes::from(r.get::<_, Vec<u8>>(8)?),
-                            attempts: r.get(9)?,
-                            last_status: None,
-                            last_error: None,
-                        },
-                        token.clone(),
-                    ))
+                    Ok((routed_event(r)?, token.clone()))
                 })?;
                 rows.collect()
             })
