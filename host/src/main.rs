@@ -56,8 +56,8 @@ enum DeadLetterAction {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let service = if matches!(cli.command, None | Some(Command::Serve)) { "callflow-host" } else { "callflow" };
-    telemetry::init(service);
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    telemetry::init(if serving { "callflow-host" } else { "callflow" });
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
         Command::DeadLetters { action } => dead_letters(action).await,
@@ -66,7 +66,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "callflow stopped");
+            // The server logs for Cloud Logging; an operator at a terminal gets one plain line.
+            if serving {
+                tracing::error!(error = format!("{e:#}"), "callflow stopped");
+            }
             eprintln!("callflow: {e:#}");
             ExitCode::FAILURE
         }
