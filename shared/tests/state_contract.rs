@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use callflow::adapters::spanner::SpannerStateStore;
 use callflow::adapters::sqlite::{Durability, SqliteStateStore};
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
@@ -156,6 +157,64 @@ async fn sqlite_transitions_never_move_backwards() {
 async fn sqlite_retries_wait_until_due() {
     let (_d, s) = sqlite().await;
     retries_wait_until_due(s).await;
+}
+
+/// A fresh Spanner database with the repo's schema, on the emulator `scripts/emulators start` runs. Without an
+/// emulator these tests say so and pass, unless CALLFLOW_EMULATORS=required (scripts/test sets it), where a
+/// missing emulator fails them.
+async fn spanner() -> Option<Arc<dyn StateStore>> {
+    let host = std::env::var("SPANNER_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
+    let required = std::env::var("CALLFLOW_EMULATORS").as_deref() == Ok("required");
+    if host.is_none() {
+        assert!(
+            !required,
+            "CALLFLOW_EMULATORS=required but SPANNER_EMULATOR_HOST is not set: run scripts/emulators start"
+        );
+        eprintln!("skipped: no Spanner emulator (eval \"$(scripts/emulators env)\" after scripts/emulators start)");
+        return None;
+    }
+    let instance = std::env::var("CALLFLOW_SPANNER_INSTANCE")
+        .unwrap_or_else(|_| "projects/callflow-emulators/instances/callflow".to_owned());
+    let database = format!("{instance}/databases/c{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    callflow::adapters::spanner::migrate(&database).await.expect("create the database with the schema");
+    // Migrating again is a no-op.
+    callflow::adapters::spanner::migrate(&database).await.expect("migrate an up-to-date database");
+    Some(Arc::new(SpannerStateStore::connect(&database).await.unwrap()))
+}
+
+#[tokio::test]
+async fn spanner_intake_is_idempotent_and_tenant_scoped() {
+    if let Some(s) = spanner().await {
+        intake_is_idempotent_and_tenant_scoped(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spanner_concurrent_intake_has_one_winner() {
+    if let Some(s) = spanner().await {
+        concurrent_intake_has_one_winner(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spanner_claims_are_exclusive_and_leases_guard_completion() {
+    if let Some(s) = spanner().await {
+        claims_are_exclusive_and_leases_guard_completion(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_transitions_never_move_backwards() {
+    if let Some(s) = spanner().await {
+        transitions_never_move_backwards(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_retries_wait_until_due() {
+    if let Some(s) = spanner().await {
+        retries_wait_until_due(s).await;
+    }
 }
 
 /// Group commit: a write that fails rolls back alone; the writes batched with it commit.
