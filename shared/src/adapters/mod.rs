@@ -4,6 +4,7 @@ pub mod callrail;
 pub mod dir_objects;
 pub mod local_router;
 pub mod local_secrets;
+pub mod pubsub;
 pub mod spanner;
 pub mod sqlite;
 pub mod tenants_file;
