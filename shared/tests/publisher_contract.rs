@@ -71,7 +71,7 @@ async fn the_local_router_honours_the_publisher_contract() {
                         id: m.message_id.clone().unwrap(),
                         data: m.decoded_data().unwrap(),
                         attributes: m.attributes.clone(),
-                        ordering_key: m.ordering_key.clone(),
+                        ordering_key: m.ordering_key,
                     });
                     StatusCode::NO_CONTENT
                 }
