@@ -5,6 +5,7 @@ pub mod dir_objects;
 pub mod local_router;
 pub mod local_secrets;
 pub mod pubsub;
+pub mod secret_manager;
 pub mod spanner;
 pub mod sqlite;
 pub mod tenants_file;
