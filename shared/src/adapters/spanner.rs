@@ -22,7 +22,6 @@ use gcloud_spanner::statement::Statement;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use time::OffsetDateTime;
 
-use crate::domain::analytics::StageEvent;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -302,21 +301,6 @@ impl StateStore for SpannerStateStore {
                     ),
                 ];
                 m.extend(plan.work.iter().map(|w| enqueue(tenant, call, w, event.received_at)));
-                let row = StageEvent {
-                    call: &plan.record,
-                    stage: "on-webhook",
-                    outcome: plan.outcome.as_str(),
-                    event_kind: Some(event.kind.as_str()),
-                    at: event.received_at,
-                    stage_duration_ms: None,
-                    attempts: None,
-                    bytes: Some(event.payload_bytes),
-                    cost_usd: None,
-                    reason: plan.record.state_reason.as_deref(),
-                }
-                .into_row(&event.dedupe_key);
-                let payload = serde_json::to_value(&row).map_err(|e| bad(e.to_string()))?;
-                m.push(enqueue(tenant, call, &NewWork { kind: WorkKind::Analytics, payload }, event.received_at));
                 tx.buffer_write(m);
                 Ok(IntakeResult { outcome: plan.outcome, call: plan.record })
             })

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::analytics::StageEvent;
 use super::call::{CallRecord, CallSource, CallState, LeadDetails};
 use super::ids::{CallId, TenantId};
 use super::work::{NewWork, WorkKind};
@@ -68,7 +69,29 @@ impl IntakeOutcome {
 pub struct IntakePlan {
     pub outcome: IntakeOutcome,
     pub record: CallRecord,
+    /// Work to commit with the call: the recording fetch it implies, if any, and always its analytics row.
     pub work: Vec<NewWork>,
+}
+
+/// The stage recorded in analytics rows for intake.
+pub const INTAKE_STAGE: &str = "on-webhook";
+
+/// The analytics row of an accepted event; it travels through the outbox, so it lands once.
+fn analytics_work(record: &CallRecord, outcome: IntakeOutcome, event: &IntakeEvent) -> NewWork {
+    let row = StageEvent {
+        call: record,
+        stage: INTAKE_STAGE,
+        outcome: outcome.as_str(),
+        event_kind: Some(event.kind.as_str()),
+        at: event.received_at,
+        stage_duration_ms: None,
+        attempts: None,
+        bytes: Some(event.payload_bytes),
+        cost_usd: None,
+        reason: record.state_reason.as_deref(),
+    }
+    .into_row(&event.dedupe_key);
+    NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(&row).expect("analytics rows serialize") }
 }
 
 pub const REASON_UNANSWERED: &str = "unanswered";
@@ -93,6 +116,12 @@ fn initial_state(source: CallSource, lead: &LeadDetails) -> (CallState, Option<&
 
 /// Decide what a (non-duplicate) event does to the call. The caller has already checked the dedupe ledger.
 pub fn plan(existing: Option<CallRecord>, event: &IntakeEvent) -> IntakePlan {
+    let mut plan = decide(existing, event);
+    plan.work.push(analytics_work(&plan.record, plan.outcome, event));
+    plan
+}
+
+fn decide(existing: Option<CallRecord>, event: &IntakeEvent) -> IntakePlan {
     let Some(mut record) = existing else {
         let (state, reason, work) = initial_state(event.source, &event.lead);
         return IntakePlan {
@@ -130,6 +159,10 @@ pub fn plan(existing: Option<CallRecord>, event: &IntakeEvent) -> IntakePlan {
 mod tests {
     use super::*;
 
+    fn fetches(p: &IntakePlan) -> usize {
+        p.work.iter().filter(|w| w.kind == WorkKind::FetchRecording).count()
+    }
+
     fn event(kind: EventKind, lead: LeadDetails) -> IntakeEvent {
         IntakeEvent {
             tenant_id: TenantId::parse("acme").unwrap(),
@@ -149,15 +182,15 @@ mod tests {
         let lead = LeadDetails { answered: Some(true), recording_url: Some("https://r".into()), ..Default::default() };
         let p = plan(None, &event(EventKind::PostCall, lead));
         assert_eq!((p.outcome, p.record.state), (IntakeOutcome::Created, CallState::Received));
-        assert_eq!(p.work.len(), 1);
-        assert_eq!(p.work[0].kind, WorkKind::FetchRecording);
+        assert_eq!(fetches(&p), 1);
+        assert_eq!(p.work.iter().filter(|w| w.kind == WorkKind::Analytics).count(), 1, "one analytics row");
     }
 
     #[test]
     fn unanswered_and_unrecorded_calls_are_parked_with_a_reason() {
         let p = plan(None, &event(EventKind::PostCall, LeadDetails { answered: Some(false), ..Default::default() }));
         assert_eq!((p.record.state, p.record.state_reason.as_deref()), (CallState::Skipped, Some("unanswered")));
-        assert!(p.work.is_empty());
+        assert_eq!(fetches(&p), 0);
         let p = plan(None, &event(EventKind::PostCall, LeadDetails { answered: Some(true), ..Default::default() }));
         assert_eq!(p.record.state_reason.as_deref(), Some("no_recording"));
     }
@@ -168,11 +201,11 @@ mod tests {
         let modified = LeadDetails { recording_url: Some("https://r".into()), ..Default::default() };
         let p = plan(Some(first.record), &event(EventKind::CallModified, modified.clone()));
         assert_eq!((p.outcome, p.record.state), (IntakeOutcome::Reopened, CallState::Received));
-        assert_eq!(p.work.len(), 1);
+        assert_eq!(fetches(&p), 1);
         // Another modification of the same call does not fetch again.
         let again = plan(Some(p.record), &event(EventKind::CallModified, modified));
         assert_eq!(again.outcome, IntakeOutcome::Updated);
-        assert!(again.work.is_empty());
+        assert_eq!(fetches(&again), 0);
     }
 
     #[test]

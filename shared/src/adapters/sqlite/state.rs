@@ -10,7 +10,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
-use crate::domain::analytics::StageEvent;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -64,9 +63,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant_id, created_at);
 ";
-
-/// The stage name recorded in analytics rows for intake.
-const INTAKE_STAGE: &str = "on-webhook";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -264,24 +260,6 @@ impl StateStore for SqliteStateStore {
                 for work in &plan.work {
                     enqueue(conn, tenant, call, work, event.received_at)?;
                 }
-                let row = StageEvent {
-                    call: &plan.record,
-                    stage: INTAKE_STAGE,
-                    outcome: plan.outcome.as_str(),
-                    event_kind: Some(event.kind.as_str()),
-                    at: event.received_at,
-                    stage_duration_ms: None,
-                    attempts: None,
-                    bytes: Some(event.payload_bytes),
-                    cost_usd: None,
-                    reason: plan.record.state_reason.as_deref(),
-                }
-                .into_row(&event.dedupe_key);
-                let analytics = NewWork {
-                    kind: WorkKind::Analytics,
-                    payload: serde_json::to_value(&row).map_err(|e| bad_data(e.to_string()))?,
-                };
-                enqueue(conn, tenant, call, &analytics, event.received_at)?;
                 Ok(IntakeResult { outcome: plan.outcome, call: plan.record })
             })
             .await
