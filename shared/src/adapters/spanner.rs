@@ -380,14 +380,8 @@ impl StateStore for SpannerStateStore {
                 let mut m = vec![delete("outbox", Key::composite(&[&tenant, &item.id]))];
                 if let Some(t) = &completion.transition
                     && let Some(mut record) = read_call(tx, tenant, call).await?
-                    && record.state.can_move_to(t.to)
+                    && t.apply(&mut record, now)
                 {
-                    record.state = t.to;
-                    record.state_reason = t.reason.clone();
-                    if t.recording_object.is_some() {
-                        record.recording_object = t.recording_object.clone();
-                    }
-                    record.updated_at = now;
                     m.push(write_call(&record)?);
                 }
                 m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::call::CallState;
+use super::call::{CallRecord, CallState};
 use super::ids::{CallId, TenantId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,6 +56,23 @@ pub struct Transition {
     pub to: CallState,
     pub reason: Option<String>,
     pub recording_object: Option<String>,
+}
+
+impl Transition {
+    /// Apply to `record` if the call may move to `to` (never backwards, never out of a terminal state).
+    /// Returns whether it moved; every state store calls this inside its transaction.
+    pub fn apply(&self, record: &mut CallRecord, now: DateTime<Utc>) -> bool {
+        if !record.state.can_move_to(self.to) {
+            return false;
+        }
+        record.state = self.to;
+        record.state_reason = self.reason.clone();
+        if self.recording_object.is_some() {
+            record.recording_object = self.recording_object.clone();
+        }
+        record.updated_at = now;
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -317,14 +317,8 @@ impl StateStore for SqliteStateStore {
                 let (tenant, call) = (item.tenant_id.as_str(), item.call_id.as_str());
                 if let Some(t) = &completion.transition
                     && let Some(mut record) = read_call(c, tenant, call)?
-                    && record.state.can_move_to(t.to)
+                    && t.apply(&mut record, now)
                 {
-                    record.state = t.to;
-                    record.state_reason = t.reason.clone();
-                    if t.recording_object.is_some() {
-                        record.recording_object = t.recording_object.clone();
-                    }
-                    record.updated_at = now;
                     write_call(c, &record)?;
                 }
                 for work in &completion.follow_up {
