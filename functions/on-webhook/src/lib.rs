@@ -100,11 +100,7 @@ impl Settings {
             )?,
             trust_forwarded_for: parse("CALLFLOW_TRUST_FORWARDED_FOR", var("CALLFLOW_TRUST_FORWARDED_FOR"), false)?,
             drain: Duration::from_secs(8),
-            durability: if var("CALLFLOW_SQLITE_SYNC").as_deref() == Some("normal") {
-                Durability::Normal
-            } else {
-                Durability::Full
-            },
+            durability: Durability::parse(var("CALLFLOW_SQLITE_SYNC").as_deref()),
         })
     }
 }

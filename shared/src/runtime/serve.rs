@@ -14,14 +14,6 @@ use tracing::Instrument;
 
 use super::telemetry::trace_context;
 
-/// The port Cloud Run (and our scripts) give a function in `PORT`; 8080 when unset.
-pub fn port_from_env() -> anyhow::Result<u16> {
-    match std::env::var("PORT") {
-        Ok(p) => p.parse().map_err(|_| anyhow::anyhow!("PORT={p:?} is not a port number")),
-        Err(_) => Ok(8080),
-    }
-}
-
 async fn request_span(req: Request, next: Next) -> Response {
     let (trace_id, span_id) = trace_context(req.headers()).map_or((None, None), |(t, s)| (Some(t), s));
     let span = tracing::info_span!(

@@ -28,11 +28,9 @@ pub enum Durability {
 }
 
 impl Durability {
-    pub fn from_env() -> Self {
-        match std::env::var("CALLFLOW_SQLITE_SYNC").as_deref() {
-            Ok("normal") => Self::Normal,
-            _ => Self::Full,
-        }
+    /// From the value of `CALLFLOW_SQLITE_SYNC`: `normal`, or anything else (or nothing) for `full`.
+    pub fn parse(value: Option<&str>) -> Self {
+        if value == Some("normal") { Self::Normal } else { Self::Full }
     }
 }
 
