@@ -103,6 +103,23 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, object: NewObject<'_>, body: ByteStream) -> PortResult<ObjectInfo>;
     async fn head(&self, bucket: &str, name: &str) -> PortResult<Option<ObjectInfo>>;
     async fn get(&self, bucket: &str, name: &str) -> PortResult<Option<(ObjectInfo, Bytes)>>;
+    /// Delete the live object; `false` when there was none (deleting twice is not an error).
+    async fn delete(&self, bucket: &str, name: &str) -> PortResult<bool>;
+    /// One page of the objects whose names start with `prefix`, in name order. Pass the page's
+    /// `next_page_token` back for the next page; `None` there means the listing is complete.
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> PortResult<ObjectPage>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObjectPage {
+    pub objects: Vec<ObjectInfo>,
+    pub next_page_token: Option<String>,
 }
 
 /// Publishing a message on a topic (Pub/Sub; locally the router). Returns the message id.

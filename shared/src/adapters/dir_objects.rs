@@ -15,7 +15,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::ports::{ByteStream, NewObject, ObjectInfo, ObjectStore, PortError, PortResult};
+use crate::ports::{ByteStream, NewObject, ObjectInfo, ObjectPage, ObjectStore, PortError, PortResult};
 
 #[derive(Clone)]
 pub struct DirObjectStore {
@@ -157,6 +157,63 @@ impl ObjectStore for DirObjectStore {
         };
         let bytes = tokio::fs::read(&data_path).await.map_err(|e| io_err("read", e))?;
         Ok(Some((Self::info(bucket, name, sidecar), Bytes::from(bytes))))
+    }
+
+    async fn delete(&self, bucket: &str, name: &str) -> PortResult<bool> {
+        let (data_path, meta_path) = self.paths(bucket, name)?;
+        // The sidecar is what makes an object exist (head/list read it), so it goes first: a crash in between
+        // leaves an orphan data file, never a listed object without data.
+        match tokio::fs::remove_file(&meta_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("delete metadata", e)),
+        }
+        match tokio::fs::remove_file(&data_path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_err("delete", e)),
+        }
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str, token: Option<&str>, size: usize) -> PortResult<ObjectPage> {
+        if !valid_name(bucket) || bucket.contains('/') {
+            return Err(PortError::permanent(format!("invalid bucket name {bucket}")));
+        }
+        let root = self.root.join(".meta").join(bucket);
+        let mut names = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("list", e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(|e| io_err("list", e))? {
+                let path = entry.path();
+                if entry.file_type().await.map_err(|e| io_err("list", e))?.is_dir() {
+                    dirs.push(path);
+                } else if let Some(name) = path
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .and_then(|p| p.strip_suffix(".json"))
+                    .filter(|n| n.starts_with(prefix) && token.is_none_or(|t| *n > t))
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        let more = names.len() > size;
+        names.truncate(size);
+        let mut objects = Vec::with_capacity(names.len());
+        for name in &names {
+            // Deleted between the walk and now: not part of the listing.
+            if let Some(info) = self.head(bucket, name).await? {
+                objects.push(info);
+            }
+        }
+        Ok(ObjectPage { objects, next_page_token: if more { names.last().cloned() } else { None } })
     }
 }
 

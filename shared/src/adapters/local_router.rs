@@ -31,7 +31,7 @@ use tower::ServiceExt;
 use super::sqlite::{Durability, Writer, open_connection};
 use crate::domain::work::RetryPolicy;
 use crate::eventarc::{EventType, Trigger, Triggers};
-use crate::ports::{ByteStream, EventPublisher, NewObject, ObjectInfo, ObjectStore, PortError, PortResult};
+use crate::ports::{ByteStream, EventPublisher, NewObject, ObjectInfo, ObjectPage, ObjectStore, PortError, PortResult};
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS events (
@@ -699,5 +699,12 @@ impl ObjectStore for RoutedObjectStore {
     }
     async fn get(&self, bucket: &str, name: &str) -> PortResult<Option<(ObjectInfo, Bytes)>> {
         self.inner.get(bucket, name).await
+    }
+    // Only finalize is routed: no trigger listens for deletions.
+    async fn delete(&self, bucket: &str, name: &str) -> PortResult<bool> {
+        self.inner.delete(bucket, name).await
+    }
+    async fn list(&self, bucket: &str, prefix: &str, token: Option<&str>, size: usize) -> PortResult<ObjectPage> {
+        self.inner.list(bucket, prefix, token, size).await
     }
 }

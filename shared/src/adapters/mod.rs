@@ -1,7 +1,9 @@
 //! Adapters: one module per backend. The embedded family (SQLite, a directory, local files) needs no servers.
 
+pub mod bigquery;
 pub mod callrail;
 pub mod dir_objects;
+pub mod gcs;
 pub mod local_router;
 pub mod local_secrets;
 pub mod pubsub;

@@ -31,6 +31,46 @@ pub fn stage_events_schema() -> Vec<ColumnSchema> {
     serde_json::from_str(STAGE_EVENTS_SCHEMA).expect("the bundled schema is valid JSON")
 }
 
+/// The columns of a table this project streams to, from the repo's schema files; `None` for any other table.
+pub fn table_schema(table: &str) -> Option<Vec<ColumnSchema>> {
+    (table == STAGE_EVENTS_TABLE).then(stage_events_schema)
+}
+
+/// Check a row against its table's schema before any sink sees it, so every backend refuses the same rows with
+/// the same reason (BigQuery would answer with insertErrors; SQLite would store or drop it silently): the table
+/// exists, the insert_id column matches the row's, REQUIRED columns are present, every field is a column, and each
+/// value has its column's JSON type.
+pub fn validate(row: &AnalyticsRow) -> Result<(), String> {
+    let columns = table_schema(&row.table).ok_or_else(|| format!("unknown analytics table {}", row.table))?;
+    let id = &row.insert_id;
+    if id.is_empty() || row.fields.get("insert_id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(format!("row {id}: the insert_id column must equal the row's insert_id"));
+    }
+    for column in &columns {
+        let value = row.fields.get(&column.name).filter(|v| !v.is_null());
+        let Some(value) = value else {
+            if column.mode.as_deref() == Some("REQUIRED") {
+                return Err(format!("row {id}: missing required field {}", column.name));
+            }
+            continue;
+        };
+        let fits = match column.kind.as_str() {
+            "INT64" | "INTEGER" => value.is_i64() || value.is_u64(),
+            "FLOAT64" | "FLOAT" | "NUMERIC" => value.is_number(),
+            "BOOL" | "BOOLEAN" => value.is_boolean(),
+            "TIMESTAMP" => value.as_str().is_some_and(|t| DateTime::parse_from_rfc3339(t).is_ok()),
+            _ => value.is_string(),
+        };
+        if !fits {
+            return Err(format!("row {id}: field {} is not a valid {}: {value}", column.name, column.kind));
+        }
+    }
+    if let Some(extra) = row.fields.keys().find(|k| !columns.iter().any(|c| &c.name == *k)) {
+        return Err(format!("row {id}: no such field {extra} in {}", row.table));
+    }
+    Ok(())
+}
+
 /// What one stage did to one call.
 pub struct StageEvent<'a> {
     pub call: &'a CallRecord,
@@ -126,5 +166,29 @@ mod tests {
         let text = serde_json::to_string(&row).unwrap();
         assert!(!text.contains("4559") && !text.contains("Kaylah"), "PII in analytics: {text}");
         assert_eq!(row.fields["marketing_source"], "Google Ads");
+        assert_eq!(validate(&row), Ok(()));
+    }
+
+    #[test]
+    fn rows_that_do_not_fit_their_table_are_refused_with_the_reason() {
+        let mut fields = Map::new();
+        fields.insert("insert_id".into(), json!("r1"));
+        fields.insert("event_time".into(), json!("2026-11-21T10:00:00Z"));
+        for k in ["tenant_id", "call_id", "stage", "outcome"] {
+            fields.insert(k.into(), json!("x"));
+        }
+        let good = AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: "r1".into(), fields };
+        assert_eq!(validate(&good), Ok(()));
+        let broken = |f: &dyn Fn(&mut AnalyticsRow)| {
+            let mut row = good.clone();
+            f(&mut row);
+            validate(&row).unwrap_err()
+        };
+        assert!(broken(&|r| r.table = "nope".into()).contains("unknown analytics table"));
+        assert!(broken(&|r| drop(r.fields.remove("tenant_id"))).contains("missing required field tenant_id"));
+        assert!(broken(&|r| drop(r.fields.insert("bogus".into(), json!(1)))).contains("no such field bogus"));
+        assert!(broken(&|r| drop(r.fields.insert("attempts".into(), json!("3")))).contains("attempts"));
+        assert!(broken(&|r| drop(r.fields.insert("event_time".into(), json!("yesterday")))).contains("event_time"));
+        assert!(broken(&|r| r.insert_id = "other".into()).contains("insert_id"));
     }
 }

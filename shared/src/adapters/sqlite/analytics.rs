@@ -8,7 +8,7 @@ use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
-use crate::domain::analytics::{AnalyticsRow, ColumnSchema, STAGE_EVENTS_TABLE, stage_events_schema};
+use crate::domain::analytics::{self, AnalyticsRow, ColumnSchema, STAGE_EVENTS_TABLE, stage_events_schema};
 use crate::ports::{AnalyticsSink, PortError, PortResult};
 
 #[derive(Clone)]
@@ -67,6 +67,7 @@ impl AnalyticsSink for SqliteAnalytics {
         let tables = self.tables.clone();
         let rows = rows.to_vec();
         for row in &rows {
+            analytics::validate(row).map_err(PortError::permanent)?;
             if !tables.iter().any(|(name, _)| *name == row.table) {
                 return Err(PortError::permanent(format!("unknown analytics table {}", row.table)));
             }
@@ -77,7 +78,12 @@ impl AnalyticsSink for SqliteAnalytics {
                     let (_, cols) = tables.iter().find(|(name, _)| *name == row.table).expect("checked above");
                     let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
                     let marks = vec!["?"; names.len()].join(", ");
-                    let sql = format!("INSERT OR IGNORE INTO {} ({}) VALUES ({marks})", row.table, names.join(", "));
+                    // Only a repeated insert_id is ignored; OR IGNORE would also drop rows that break NOT NULL.
+                    let sql = format!(
+                        "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT (insert_id) DO NOTHING",
+                        row.table,
+                        names.join(", ")
+                    );
                     let values: Vec<SqlValue> =
                         names.iter().map(|n| row.fields.get(*n).map_or(SqlValue::Null, to_sql)).collect();
                     c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values))?;
