@@ -2,6 +2,8 @@
 //! hosts each trigger destination on the local router, and serves the public webhook endpoint on one port.
 //! Each function still builds and runs alone as its own binary for Cloud Run.
 
+pub mod topology;
+
 use std::sync::Arc;
 
 use callflow::adapters::local_router::LocalRouter;

@@ -23,6 +23,19 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Emulator topology: create the Spanner database, buckets, BigQuery tables, Pub/Sub topics and push
+    /// subscriptions from eventarc/ definitions (environment `emulators` unless CALLFLOW_ENVIRONMENT says otherwise).
+    Provision,
+    /// Emulator topology: turn new objects in the watched buckets into Eventarc storage events, delivered to the
+    /// function processes with the triggers' retry and dead-letter policies.
+    WatchStorage {
+        /// Poll interval in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
+        /// Deliver a function's events to another URL than the environment's, as FUNCTION=URL (repeatable).
+        #[arg(long = "deliver", value_parser = parse_deliver)]
+        deliver: Vec<(String, String)>,
+    },
     /// Measure the router: deliveries/s through a no-op function, CPU and latency per delivery.
     BenchRouter {
         #[arg(long, default_value_t = 20_000)]
@@ -56,12 +69,14 @@ enum DeadLetterAction {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let serving = matches!(cli.command, None | Some(Command::Serve) | Some(Command::WatchStorage { .. }));
     telemetry::init(if serving { "callflow-host" } else { "callflow" });
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
         Command::DeadLetters { action } => dead_letters(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
+        Command::Provision => provision().await,
+        Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +107,73 @@ async fn serve_all() -> anyhow::Result<()> {
         let _ = tokio::join!(outbox, router);
     })
     .await;
+    Ok(())
+}
+
+fn parse_deliver(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or("expected FUNCTION=URL")?;
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+fn topology_triggers() -> anyhow::Result<callflow::eventarc::Triggers> {
+    let dir = std::env::var("CALLFLOW_EVENTARC").unwrap_or_else(|_| "eventarc".into());
+    let environment = std::env::var("CALLFLOW_ENVIRONMENT").unwrap_or_else(|_| "emulators".into());
+    anyhow::ensure!(environment != "embedded", "the embedded environment has no topology to set up");
+    Ok(callflow::eventarc::load(std::path::Path::new(&dir), &environment)?)
+}
+
+async fn provision() -> anyhow::Result<()> {
+    let triggers = topology_triggers()?;
+    let config = callflow::runtime::google::GoogleConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let started = std::time::Instant::now();
+    let done =
+        callflow_host::topology::provision(&triggers, &config.spanner_database, &config.bigquery_dataset, &|f| {
+            triggers.function_url(f).map(str::to_owned)
+        })
+        .await?;
+    println!("spanner database  {}", config.spanner_database);
+    println!("buckets           {}", done.buckets.join(", "));
+    println!("bigquery tables   {}", done.tables.join(", "));
+    println!("pubsub topics     {}", done.topics.join(", "));
+    println!("subscriptions     {}", done.subscriptions.join(", "));
+    println!("provisioned in {} ms", started.elapsed().as_millis());
+    Ok(())
+}
+
+async fn watch_storage(interval_ms: u64, deliver: Vec<(String, String)>) -> anyhow::Result<()> {
+    use callflow::adapters::{gcs::GcsObjectStore, local_router::LocalRouter, storage_watcher};
+    let triggers = topology_triggers()?;
+    let dir =
+        std::path::PathBuf::from(std::env::var("CALLFLOW_DATA_DIR").unwrap_or_else(|_| ".emulators/watcher".into()));
+    let router = std::sync::Arc::new(LocalRouter::open(
+        &dir.join("router.sqlite"),
+        triggers.clone(),
+        callflow::adapters::sqlite::Durability::Full,
+    )?);
+    router.release_leases().await?;
+    let objects = std::sync::Arc::new(GcsObjectStore::connect().await?);
+    let watcher = std::sync::Arc::new(storage_watcher::StorageWatcher::open(
+        &dir.join("watcher.sqlite"),
+        objects,
+        router.clone(),
+    )?);
+    for trigger in triggers.triggers.iter().filter(|t| matches!(t.source, callflow::eventarc::Source::Bucket(_))) {
+        let url = deliver
+            .iter()
+            .find(|(name, _)| *name == trigger.destination)
+            .map(|(_, url)| url.as_str())
+            .or_else(|| triggers.function_url(&trigger.destination))
+            .ok_or_else(|| anyhow::anyhow!("no URL for function {}", trigger.destination))?;
+        router.host(&trigger.destination, storage_watcher::remote_function(url)?, callflow_host::DELIVERY_CONCURRENCY);
+        tracing::info!(trigger = %trigger.name, destination = %trigger.destination, url, "delivering storage events");
+    }
+    tracing::info!(buckets = ?watcher.buckets(), "storage watcher started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let polling = tokio::spawn(watcher.run(std::time::Duration::from_millis(interval_ms), stop_rx.clone()));
+    let delivering = tokio::spawn(router.run(stop_rx));
+    serve::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(polling, delivering);
     Ok(())
 }
 

@@ -61,9 +61,16 @@ pub struct Triggers {
     /// Role → real name.
     pub buckets: BTreeMap<String, String>,
     pub topics: BTreeMap<String, String>,
+    /// Function → the base URL it listens on, where the environment runs functions as separate processes
+    /// (emulators); empty where a host runs them in process (embedded) or the platform knows them (gcp).
+    pub functions: BTreeMap<String, String>,
 }
 
 impl Triggers {
+    pub fn function_url(&self, function: &str) -> Option<&str> {
+        self.functions.get(function).map(String::as_str)
+    }
+
     pub fn for_bucket<'a>(&'a self, bucket: &'a str) -> impl Iterator<Item = &'a Trigger> + 'a {
         self.triggers.iter().filter(move |t| t.source == Source::Bucket(bucket.to_owned()))
     }
@@ -140,6 +147,8 @@ struct RawEnvironment {
     buckets: BTreeMap<String, String>,
     #[serde(default)]
     topics: BTreeMap<String, String>,
+    #[serde(default)]
+    functions: BTreeMap<String, String>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -261,6 +270,7 @@ pub fn parse(
         triggers,
         buckets: env.buckets.clone(),
         topics: env.topics.clone(),
+        functions: env.functions.clone(),
     })
 }
 
@@ -282,6 +292,11 @@ mod tests {
         assert_eq!(on_rec, ["on-audio-uploaded"]);
         assert_eq!(t.for_topic("analysis-complete").count(), 1);
         assert_eq!(t.for_bucket("elsewhere").count(), 0);
+        // In the emulator topology every trigger's destination is a process with a URL.
+        let t = parse(TRIGGERS, "triggers.toml", ENVS, "environments.toml", "emulators").unwrap();
+        for trigger in &t.triggers {
+            assert!(t.function_url(&trigger.destination).is_some(), "{} has no URL", trigger.destination);
+        }
     }
 
     fn error(triggers: &str) -> String {

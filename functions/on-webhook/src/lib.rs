@@ -20,6 +20,7 @@ use callflow::ports::{
 };
 use callflow::runtime::ApiError;
 use callflow::runtime::embedded::Embedded;
+use callflow::runtime::google::{Google, GoogleConfig};
 
 /// Everything configurable, read from the environment (Cloud Run style); defaults run the embedded mode.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     pub drain: Duration,
     pub durability: Durability,
+    /// Outside the embedded environment the Google Cloud backends (on their emulators when those are configured).
+    pub google: Option<GoogleConfig>,
 }
 
 impl Settings {
@@ -62,6 +65,7 @@ impl Settings {
         let eventarc_dir: PathBuf = parse("CALLFLOW_EVENTARC", var("CALLFLOW_EVENTARC"), PathBuf::from("eventarc"))?;
         let environment: String = parse("CALLFLOW_ENVIRONMENT", var("CALLFLOW_ENVIRONMENT"), "embedded".to_owned())?;
         let triggers = callflow::eventarc::load(&eventarc_dir, &environment)?;
+        let triggers_env_is_embedded = environment == "embedded";
         Ok(Self {
             port: parse("PORT", var("PORT"), 8080)?,
             data_dir: parse("CALLFLOW_DATA_DIR", var("CALLFLOW_DATA_DIR"), PathBuf::from(".data"))?,
@@ -101,6 +105,7 @@ impl Settings {
             trust_forwarded_for: parse("CALLFLOW_TRUST_FORWARDED_FOR", var("CALLFLOW_TRUST_FORWARDED_FOR"), false)?,
             drain: Duration::from_secs(8),
             durability: Durability::parse(var("CALLFLOW_SQLITE_SYNC").as_deref()),
+            google: if triggers_env_is_embedded { None } else { Some(GoogleConfig::from_lookup(&var)?) },
         })
     }
 }
@@ -147,6 +152,33 @@ impl Service {
 
     /// The embedded mode, standalone: opens the embedded backends itself. In this mode recordings still get their
     /// finalize events recorded (durably, in `router.sqlite`); the one-process host is what delivers them.
+    /// The backends the settings name: embedded, or Google Cloud's (emulators included).
+    pub async fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        match &settings.google {
+            None => Self::embedded(settings).await,
+            Some(config) => {
+                let g = Google::connect(config, &settings.triggers, &settings.tenants_file).await?;
+                let ports = Ports {
+                    tenants: g.tenants,
+                    secrets: g.secrets,
+                    state: g.state,
+                    objects: g.objects,
+                    analytics: g.analytics,
+                    callrail: Self::callrail(settings)?,
+                    clock: Arc::new(SystemClock),
+                };
+                Ok(Self::new(ports, settings.clone()))
+            }
+        }
+    }
+
+    fn callrail(settings: &Settings) -> anyhow::Result<Arc<dyn CallRailClient>> {
+        Ok(Arc::new(
+            HttpCallRail::new(settings.callrail_api.clone())?
+                .with_timeouts(settings.callrail_api_timeout, Duration::from_secs(300)),
+        ))
+    }
+
     pub async fn embedded(settings: &Settings) -> anyhow::Result<Self> {
         let e =
             Embedded::open(&settings.data_dir, &settings.tenants_file, settings.triggers.clone(), settings.durability)?;
@@ -166,10 +198,7 @@ impl Service {
             state: e.state.clone(),
             objects: e.objects.clone(),
             analytics: e.analytics.clone(),
-            callrail: Arc::new(
-                HttpCallRail::new(settings.callrail_api.clone())?
-                    .with_timeouts(settings.callrail_api_timeout, Duration::from_secs(300)),
-            ),
+            callrail: Self::callrail(settings)?,
             clock: Arc::new(SystemClock),
         };
         Ok(Self::new(ports, settings.clone()))

@@ -1,4 +1,5 @@
-//! on-webhook: CallRail and web-form intake. Config from the environment (see README), embedded backends.
+//! on-webhook: CallRail and web-form intake. Config from the environment (see README): embedded backends, or
+//! Google Cloud's (emulators included) outside the embedded environment.
 
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = on_webhook::Settings::from_env()?;
-    let service = on_webhook::Service::embedded(&settings).await?;
+    let service = on_webhook::Service::from_settings(&settings).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(on_webhook::outbox::run(service.clone(), stop_rx));
     let shutdown = async move {

@@ -10,4 +10,5 @@ pub mod pubsub;
 pub mod secret_manager;
 pub mod spanner;
 pub mod sqlite;
+pub mod storage_watcher;
 pub mod tenants_file;

@@ -6,6 +6,7 @@ pub mod body;
 pub mod cloudevent;
 pub mod embedded;
 pub mod error;
+pub mod google;
 pub mod serve;
 pub mod telemetry;
 

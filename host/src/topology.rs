@@ -1,0 +1,149 @@
+//! The emulator topology's setup: everything terraform creates on Google Cloud, created on the emulators from the
+//! same definitions — the Spanner database with the repo's DDL, the buckets, the BigQuery dataset and tables from
+//! the repo's schema files, the Pub/Sub topics, and one push subscription per Pub/Sub trigger with the trigger's
+//! retry and dead-letter policy, pushing to the function's URL. Idempotent: run it again and it converges.
+//!
+//! It only ever talks to emulators (it refuses without their variables): on Google Cloud, terraform owns this.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use callflow::domain::analytics::{STAGE_EVENTS_SCHEMA, STAGE_EVENTS_TABLE};
+use callflow::eventarc::{Source, Triggers};
+use serde_json::{Value, json};
+
+/// The subscription that holds dead letters until an operator looks (a topic without one drops them).
+pub const DEAD_LETTER_HOLD: &str = "dead-letters-hold";
+
+/// The subscription Eventarc would create for a Pub/Sub trigger; named after the trigger.
+pub fn subscription_name(trigger: &str) -> String {
+    format!("eventarc-{trigger}")
+}
+
+#[derive(Debug, Default)]
+pub struct Provisioned {
+    pub buckets: Vec<String>,
+    pub tables: Vec<String>,
+    pub topics: Vec<String>,
+    pub subscriptions: Vec<String>,
+}
+
+fn emulator(var: &str) -> anyhow::Result<String> {
+    let host = std::env::var(var)
+        .ok()
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("{var} is not set: provision only sets up emulators (terraform owns Google Cloud)"))?;
+    Ok(if host.contains("://") { host } else { format!("http://{host}") })
+}
+
+/// Create or converge; `function_url` says where each function listens (the environment's `functions`, or
+/// another address in tests).
+pub async fn provision(
+    triggers: &Triggers,
+    spanner_database: &str,
+    dataset: &str,
+    function_url: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Provisioned> {
+    let (gcs, bigquery, pubsub) =
+        (emulator("STORAGE_EMULATOR_HOST")?, emulator("BIGQUERY_EMULATOR_HOST")?, emulator("PUBSUB_EMULATOR_HOST")?);
+    emulator("SPANNER_EMULATOR_HOST")?;
+    let project = &triggers.project;
+    let http = reqwest::Client::new();
+    let mut done = Provisioned::default();
+
+    callflow::adapters::spanner::migrate(spanner_database).await.context("Spanner database")?;
+
+    for bucket in triggers.buckets.values() {
+        let answer =
+            http.post(format!("{gcs}/storage/v1/b?project={project}")).json(&json!({ "name": bucket })).send().await?;
+        created_or_exists(answer, &format!("bucket {bucket}")).await?;
+        done.buckets.push(bucket.clone());
+    }
+
+    let bq = format!("{bigquery}/bigquery/v2/projects/{project}");
+    let answer = http
+        .post(format!("{bq}/datasets"))
+        .json(&json!({"datasetReference": {"projectId": project, "datasetId": dataset}}))
+        .send()
+        .await?;
+    created_or_exists(answer, &format!("dataset {dataset}")).await?;
+    let fields: Value = serde_json::from_str(STAGE_EVENTS_SCHEMA)?;
+    let answer = http
+        .post(format!("{bq}/datasets/{dataset}/tables"))
+        .json(&json!({
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": STAGE_EVENTS_TABLE},
+            "schema": {"fields": fields},
+            "timePartitioning": {"type": "DAY", "field": "event_time"},
+            "clustering": {"fields": ["tenant_id"]},
+        }))
+        .send()
+        .await?;
+    created_or_exists(answer, &format!("table {STAGE_EVENTS_TABLE}")).await?;
+    done.tables.push(format!("{dataset}.{STAGE_EVENTS_TABLE}"));
+
+    let ps = format!("{pubsub}/v1/projects/{project}");
+    for topic in triggers.topics.values() {
+        let answer = http.put(format!("{ps}/topics/{topic}")).json(&json!({})).send().await?;
+        created_or_exists(answer, &format!("topic {topic}")).await?;
+        done.topics.push(topic.clone());
+    }
+    for trigger in &triggers.triggers {
+        let Source::Topic(topic) = &trigger.source else { continue };
+        let url = function_url(&trigger.destination).with_context(|| {
+            format!("no URL for function {} (environment {:?}, [functions])", trigger.destination, triggers.environment)
+        })?;
+        let name = subscription_name(&trigger.name);
+        let config = json!({
+            "topic": format!("projects/{project}/topics/{topic}"),
+            "pushConfig": {"pushEndpoint": url},
+            // Pub/Sub's ack deadline is at most 600 s; a push answered later is redelivered.
+            "ackDeadlineSeconds": trigger.timeout.as_secs().clamp(10, 600),
+            "retryPolicy": {
+                "minimumBackoff": format!("{}s", trigger.retry.min_backoff.as_secs()),
+                "maximumBackoff": format!("{}s", trigger.retry.max_backoff.as_secs()),
+            },
+            "deadLetterPolicy": {
+                "deadLetterTopic": format!("projects/{project}/topics/{}", trigger.retry.dead_letter_topic),
+                "maxDeliveryAttempts": trigger.retry.max_delivery_attempts,
+            },
+        });
+        upsert_subscription(&http, &ps, &name, config).await?;
+        done.subscriptions.push(name);
+    }
+    let dead_letters: BTreeMap<&str, ()> =
+        triggers.triggers.iter().map(|t| (t.retry.dead_letter_topic.as_str(), ())).collect();
+    for topic in dead_letters.keys() {
+        let name = if dead_letters.len() == 1 { DEAD_LETTER_HOLD.to_owned() } else { format!("{topic}-hold") };
+        // Pull, never expiring, a week of retention: dead letters wait for `dead-letters list`/replay.
+        let config = json!({
+            "topic": format!("projects/{project}/topics/{topic}"),
+            "ackDeadlineSeconds": 60,
+            "messageRetentionDuration": "604800s",
+            "expirationPolicy": {},
+        });
+        upsert_subscription(&http, &ps, &name, config).await?;
+        done.subscriptions.push(name);
+    }
+    Ok(done)
+}
+
+async fn created_or_exists(answer: reqwest::Response, what: &str) -> anyhow::Result<()> {
+    let status = answer.status();
+    if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+        return Ok(());
+    }
+    bail!("creating {what}: {status}: {}", answer.text().await.unwrap_or_default())
+}
+
+/// Create the subscription, or bring an existing one to `config` (its topic cannot change).
+async fn upsert_subscription(http: &reqwest::Client, ps: &str, name: &str, config: Value) -> anyhow::Result<()> {
+    let url = format!("{ps}/subscriptions/{name}");
+    let answer = http.put(&url).json(&config).send().await?;
+    if answer.status() != reqwest::StatusCode::CONFLICT {
+        return created_or_exists(answer, &format!("subscription {name}")).await;
+    }
+    let mut fields: Vec<&str> = config.as_object().expect("an object").keys().map(String::as_str).collect();
+    fields.retain(|f| *f != "topic");
+    let answer = http.patch(&url).json(&json!({"subscription": config, "updateMask": fields.join(",")})).send().await?;
+    created_or_exists(answer, &format!("subscription {name} (update)")).await
+}
