@@ -1,0 +1,279 @@
+//! The emulator topology end to end: the emulators `scripts/emulators start` runs, provisioned from eventarc/
+//! definitions; on-webhook as its own process on its own port over the Google Cloud adapters; the storage watcher
+//! as another. A signed CallRail webhook becomes a call row in Spanner, a recording object in the GCS emulator, an
+//! analytics row in the BigQuery emulator, and a storage CloudEvent at the next stage's URL; a message on
+//! `analysis-complete` reaches its function through a real Pub/Sub push subscription.
+//!
+//! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use bytes::Bytes;
+use callflow::adapters::gcs::GcsObjectStore;
+use callflow::adapters::spanner::SpannerStateStore;
+use callflow::domain::signature::sign_callrail;
+use callflow::domain::{CallId, CallState, TenantId};
+use callflow::ports::{ObjectStore, StateStore};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
+const FIXTURE_CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
+const PROJECT: &str = "callflow-emulators";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn emulators_present() -> bool {
+    let vars = ["SPANNER_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"];
+    let missing: Vec<&str> =
+        vars.into_iter().filter(|v| std::env::var(v).ok().filter(|h| !h.is_empty()).is_none()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CALLFLOW_EMULATORS").as_deref() != Ok("required"),
+        "CALLFLOW_EMULATORS=required but {} not set: run scripts/emulators start",
+        missing.join(", ")
+    );
+    eprintln!("skipped: no emulators (eval \"$(scripts/emulators env)\" after scripts/emulators start)");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary of another workspace package, built beside this one by `cargo test --workspace`.
+fn sibling_binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_callflow")).with_file_name(name);
+    assert!(path.exists(), "{} is not built: run cargo build --workspace (or cargo test --workspace)", path.display());
+    path
+}
+
+#[derive(Clone, Default)]
+struct Inbox(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
+
+/// Stands in for the functions that do not exist yet (on-audio-uploaded, on-analysis): records what arrives.
+async fn receiver() -> (String, Inbox) {
+    let inbox = Inbox::default();
+    let app = axum::Router::new().fallback(post({
+        let inbox = inbox.clone();
+        move |headers: HeaderMap, body: Bytes| async move {
+            inbox.0.lock().unwrap().push((headers, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+            axum::http::StatusCode::NO_CONTENT
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, inbox)
+}
+
+async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_crosses_the_emulator_topology() {
+    if !emulators_present() {
+        return;
+    }
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let database = format!("projects/{PROJECT}/instances/callflow/databases/e2e-{suffix}");
+    let dataset = format!("e2e_{suffix}");
+    let triggers = callflow::eventarc::load(&repo().join("eventarc"), "emulators").unwrap();
+    let (stand_in, inbox) = receiver().await;
+
+    // Provision as `callflow provision` does, with the Pub/Sub triggers pushing to the stand-in.
+    let started = Instant::now();
+    let done =
+        callflow_host::topology::provision(&triggers, &database, &dataset, &|_| Some(stand_in.clone())).await.unwrap();
+    eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
+    assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
+
+    // The subscription carries the trigger's policies.
+    let pubsub = std::env::var("PUBSUB_EMULATOR_HOST").unwrap();
+    let pubsub = if pubsub.contains("://") { pubsub } else { format!("http://{pubsub}") };
+    let sub: Value = reqwest::get(format!("{pubsub}/v1/projects/{PROJECT}/subscriptions/eventarc-analysis-complete"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sub["pushConfig"]["pushEndpoint"], stand_in.as_str());
+    assert_eq!(sub["deadLetterPolicy"]["maxDeliveryAttempts"], 10);
+    assert_eq!(sub["deadLetterPolicy"]["deadLetterTopic"], format!("projects/{PROJECT}/topics/dead-letters"));
+    assert_eq!(sub["retryPolicy"]["minimumBackoff"], "10s");
+
+    // The vendor: CallRail's API serving the recording.
+    let callrail = MockServer::start().await;
+    let call = format!("CAL{}", uuid::Uuid::new_v4().simple());
+    Mock::given(method("GET"))
+        .and(path_regex("recording.json$"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "url": format!("{}/audio/{call}.mp3", callrail.uri()) })),
+        )
+        .mount(&callrail)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex("/audio/"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(&b"ID3 topology"[..], "audio/mpeg"))
+        .mount(&callrail)
+        .await;
+
+    // The processes: on-webhook on its own port over Spanner/GCS/BigQuery, and the storage watcher.
+    let port = free_port();
+    let watcher_dir = tempfile::tempdir().unwrap();
+    let spawn_started = Instant::now();
+    let _webhook = Process(
+        Command::new(sibling_binary("on-webhook"))
+            .current_dir(repo())
+            .env("PORT", port.to_string())
+            .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_SPANNER_DATABASE", &database)
+            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
+            .env("CALLFLOW_CALLRAIL_API", callrail.uri())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let _watcher = Process(
+        Command::new(env!("CARGO_BIN_EXE_callflow"))
+            .current_dir(repo())
+            .args(["watch-storage", "--interval-ms", "100", "--deliver"])
+            .arg(format!("on-audio-uploaded={stand_in}"))
+            .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_DATA_DIR", watcher_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("on-webhook to listen", Duration::from_secs(30), async || {
+        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    eprintln!("on-webhook ready {} ms after spawn", spawn_started.elapsed().as_millis());
+
+    // The webhook, signed as CallRail signs it.
+    let body = std::fs::read_to_string(repo().join("fixtures/callrail/post-call-resource-ids.json"))
+        .unwrap()
+        .replace(FIXTURE_CALL, &call);
+    let sent = Instant::now();
+    let answer = http
+        .post(format!("{base}/webhooks/callrail/acme-remodeling"))
+        .header("content-type", "application/json")
+        .header("signature", sign_callrail(KEY, body.as_bytes()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    let again = http
+        .post(format!("{base}/webhooks/callrail/acme-remodeling"))
+        .header("content-type", "application/json")
+        .header("signature", sign_callrail(KEY, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true, "a redelivery is a duplicate");
+
+    // Spanner: the call, moved on once its recording was stored.
+    let state = SpannerStateStore::connect(&database).await.unwrap();
+    let (tenant, call_id) = (TenantId::parse("acme-remodeling").unwrap(), CallId::parse(&call).unwrap());
+    let record = wait_for("the call to reach recording_stored", Duration::from_secs(30), async || {
+        state.call(&tenant, &call_id).await.unwrap().filter(|c| c.state == CallState::RecordingStored)
+    })
+    .await;
+    eprintln!("webhook → recording stored: {} ms", sent.elapsed().as_millis());
+
+    // GCS: the recording, with its metadata.
+    let objects = GcsObjectStore::connect().await.unwrap();
+    let name = format!("acme-remodeling/{call}.mp3");
+    let (info, data) = objects.get("callflow-recordings", &name).await.unwrap().expect("the recording object");
+    assert_eq!(&data[..], b"ID3 topology");
+    assert_eq!(info.metadata.get("call_id").map(String::as_str), Some(call.as_str()));
+    assert_eq!(record.recording_object.as_deref().map(|o| o.contains(&name)), Some(true));
+
+    // The storage watcher: one finalize CloudEvent for that generation at on-audio-uploaded's URL.
+    let event = wait_for("the finalize event", Duration::from_secs(30), async || {
+        inbox.0.lock().unwrap().iter().find(|(_, b)| b["name"] == name.as_str()).cloned()
+    })
+    .await;
+    assert_eq!(event.0["ce-type"], "google.cloud.storage.object.v1.finalized");
+    assert_eq!(event.0["ce-subject"], format!("objects/{name}").as_str());
+    assert_eq!(event.1["generation"], info.generation.to_string());
+    assert_eq!(event.1["bucket"], "callflow-recordings");
+
+    // BigQuery: the intake's analytics row (and the fetch's), streamed by on-webhook.
+    let bigquery = std::env::var("BIGQUERY_EMULATOR_HOST").unwrap();
+    let bigquery = if bigquery.contains("://") { bigquery } else { format!("http://{bigquery}") };
+    let outcomes = wait_for("the analytics rows", Duration::from_secs(30), async || {
+        let answer: Value = http
+            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
+            .json(&json!({
+                "query": format!(
+                    "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.stage_events` WHERE call_id = '{call}' \
+                     ORDER BY outcome"
+                ),
+                "useLegacySql": false,
+            }))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let outcomes: Vec<String> =
+            answer["rows"].as_array()?.iter().filter_map(|r| r["f"][0]["v"].as_str().map(str::to_owned)).collect();
+        (outcomes.len() >= 2).then_some(outcomes)
+    })
+    .await;
+    assert_eq!(outcomes, ["created", "recording_stored"]);
+
+    // Pub/Sub: a message on analysis-complete is pushed to on-analysis's URL (raw push envelope, no ce-*).
+    let message = json!({"messages": [{"data": "eyJzY2hlbWFfdmVyc2lvbiI6MX0=", "attributes": {"tenant_id": "acme"}}]});
+    let published = http
+        .post(format!("{pubsub}/v1/projects/{PROJECT}/topics/analysis-complete:publish"))
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert!(published.status().is_success());
+    let push = wait_for("the push delivery", Duration::from_secs(30), async || {
+        inbox.0.lock().unwrap().iter().find(|(_, b)| b["subscription"].is_string()).cloned()
+    })
+    .await;
+    assert_eq!(push.1["subscription"], format!("projects/{PROJECT}/subscriptions/eventarc-analysis-complete"));
+    assert_eq!(push.1["message"]["data"], "eyJzY2hlbWFfdmVyc2lvbiI6MX0=");
+    assert!(push.0.get("ce-type").is_none(), "Pub/Sub push carries no ce-* headers");
+}
