@@ -6,6 +6,7 @@ use callflow::runtime::{serve, telemetry};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_adapters;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]
@@ -22,6 +23,11 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// Measure each port's main operations: embedded adapter beside its Google Cloud adapter on the emulators.
+    BenchAdapters {
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
     },
     /// Emulator topology: create the Spanner database, buckets, BigQuery tables, Pub/Sub topics and push
     /// subscriptions from eventarc/ definitions (environment `emulators` unless CALLFLOW_ENVIRONMENT says otherwise).
@@ -76,6 +82,7 @@ async fn main() -> ExitCode {
         Command::DeadLetters { action } => dead_letters(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
         Command::Provision => provision().await,
+        Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
         Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
     };
     match result {
