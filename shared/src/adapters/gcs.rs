@@ -7,6 +7,8 @@
 //! the path that runs. With `STORAGE_EMULATOR_HOST` set, both go to the emulator with anonymous credentials.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -178,6 +180,9 @@ struct LimitedSource {
     body: std::sync::Mutex<ByteStream>,
     seen: u64,
     max: u64,
+    /// Set when the limit stopped the upload, so the error is reported as what it is (permanent), whatever the
+    /// client wraps it in.
+    exceeded: Arc<AtomicBool>,
 }
 
 impl StreamingSource for LimitedSource {
@@ -189,6 +194,7 @@ impl StreamingSource for LimitedSource {
         Some(chunk.and_then(|c| {
             self.seen += c.len() as u64;
             if self.seen > self.max {
+                self.exceeded.store(true, Ordering::Relaxed);
                 Err(std::io::Error::other(format!("object exceeds {} bytes", self.max)))
             } else {
                 Ok(c)
@@ -201,7 +207,13 @@ impl StreamingSource for LimitedSource {
 impl ObjectStore for GcsObjectStore {
     async fn put(&self, object: NewObject<'_>, body: ByteStream) -> PortResult<ObjectInfo> {
         check_name(object.bucket, object.name)?;
-        let source = LimitedSource { body: std::sync::Mutex::new(body), seen: 0, max: object.max_bytes };
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let source = LimitedSource {
+            body: std::sync::Mutex::new(body),
+            seen: 0,
+            max: object.max_bytes,
+            exceeded: exceeded.clone(),
+        };
         let written = self
             .storage
             .write_object(format!("projects/_/buckets/{}", object.bucket), object.name, source)
@@ -211,17 +223,10 @@ impl ObjectStore for GcsObjectStore {
             .await;
         match written {
             Ok(o) => Ok(object_info(o)),
-            Err(e) => {
-                let too_large = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .or_else(|| Some(e.to_string()))
-                    .is_some_and(|m| m.contains("object exceeds"));
-                if too_large {
-                    Err(PortError::permanent(format!("object exceeds {} bytes", object.max_bytes)))
-                } else {
-                    Err(client_error("upload", &e))
-                }
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                Err(PortError::permanent(format!("object exceeds {} bytes", object.max_bytes)))
             }
+            Err(e) => Err(client_error("upload", &e)),
         }
     }
 
