@@ -219,6 +219,45 @@ pub trait CallRailClient: Send + Sync {
     ) -> Result<RecordingDownload, VendorError>;
 }
 
+/// The recording to transcribe: where it is, and what the engine needs to know about it.
+#[derive(Debug, Clone)]
+pub struct AudioRef {
+    pub bucket: String,
+    pub name: String,
+    pub generation: i64,
+    pub content_type: String,
+    pub size: u64,
+    /// The call's duration (CallRail reports it), which decides short vs long recognition.
+    pub duration_secs: Option<f64>,
+    /// BCP-47 language from the tenant's config.
+    pub language: String,
+}
+
+impl AudioRef {
+    pub fn gcs_uri(&self) -> String {
+        format!("gs://{}/{}", self.bucket, self.name)
+    }
+}
+
+/// What an engine heard, before it is labelled with tenant and call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recognized {
+    /// Engine and model, e.g. `google-speech-v2/chirp_3`.
+    pub engine: String,
+    pub quality: crate::domain::transcript::Quality,
+    pub language: String,
+    pub duration_secs: f64,
+    pub words: Vec<crate::domain::transcript::Word>,
+    /// Audio seconds the engine bills for (0 when it costs nothing).
+    pub billed_secs: f64,
+}
+
+#[async_trait]
+pub trait Transcriber: Send + Sync {
+    /// `audio` bytes are passed to engines that read the data themselves; cloud engines read `audio.gcs_uri()`.
+    async fn transcribe(&self, audio: &AudioRef, data: Option<Bytes>) -> Result<Recognized, VendorError>;
+}
+
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }

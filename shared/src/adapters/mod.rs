@@ -9,6 +9,7 @@ pub mod local_secrets;
 pub mod pubsub;
 pub mod secret_manager;
 pub mod spanner;
+pub mod speech;
 pub mod sqlite;
 pub mod storage_watcher;
 pub mod tenants_file;

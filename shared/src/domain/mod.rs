@@ -9,6 +9,7 @@ pub mod intake;
 pub mod pii;
 pub mod signature;
 pub mod tenant;
+pub mod transcript;
 pub mod work;
 
 pub use call::{CallRecord, CallSource, CallState, LeadDetails};

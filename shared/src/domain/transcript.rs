@@ -1,0 +1,203 @@
+//! The normalized transcript every engine's output becomes (written as `{tenant}/{call}.json` to the transcripts
+//! bucket), and the rules that turn an engine's timed words into it. Pure: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+pub const TRANSCRIPT_SCHEMA_VERSION: u32 = 1;
+
+/// A pause at least this long starts a new segment even when the speaker does not change.
+pub const SEGMENT_PAUSE_SECS: f64 = 1.5;
+
+/// Who spoke, as far as the engine could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    Caller,
+    Business,
+    /// The engine does not separate speakers (the offline engine), or could not.
+    Unknown,
+}
+
+/// How far the next stage can trust the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// A cloud speech model with diarization.
+    Standard,
+    /// Supplied by CallRail with the call.
+    Provided,
+    /// The offline engine: many words will be wrong; speakers are not separated.
+    Low,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub speaker: Speaker,
+    /// Seconds from the start of the recording.
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    /// Mean word confidence, 0–1, when the engine gives one.
+    pub confidence: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    pub schema_version: u32,
+    pub tenant_id: String,
+    pub call_id: String,
+    /// Which engine and model produced it, e.g. `google-speech-v2/chirp_3`, `callrail`, `pocketsphinx`.
+    pub engine: String,
+    pub quality: Quality,
+    /// BCP-47, e.g. `en-US`.
+    pub language: String,
+    pub duration_secs: f64,
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    /// The whole text, segments joined by newlines, each prefixed with its speaker.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            let who = match s.speaker {
+                Speaker::Caller => "caller",
+                Speaker::Business => "business",
+                Speaker::Unknown => "speaker",
+            };
+            out.push_str(who);
+            out.push_str(": ");
+            out.push_str(&s.text);
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn word_count(&self) -> usize {
+        self.segments.iter().map(|s| s.text.split_whitespace().count()).sum()
+    }
+}
+
+/// One recognized word with its timing, as engines report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub start: f64,
+    pub end: f64,
+    pub confidence: Option<f32>,
+    /// The engine's diarization label (`"1"`, `"2"`, …), if any.
+    pub speaker_label: Option<String>,
+}
+
+/// Map diarization labels to caller and business. On a tracked inbound call the business answers, so the label
+/// heard first is the business and the next one the caller; further labels (a transfer, a second person) are
+/// `Unknown` rather than guessed.
+pub fn speakers(words: &[Word]) -> impl Fn(Option<&str>) -> Speaker + '_ {
+    let mut order: Vec<&str> = Vec::new();
+    for w in words {
+        if let Some(label) = w.speaker_label.as_deref().filter(|l| !l.is_empty())
+            && !order.contains(&label)
+        {
+            order.push(label);
+        }
+    }
+    move |label| match label.and_then(|l| order.iter().position(|o| *o == l)) {
+        Some(0) => Speaker::Business,
+        Some(1) => Speaker::Caller,
+        _ => Speaker::Unknown,
+    }
+}
+
+/// Timed words → segments: a new segment when the speaker changes or after a pause of `SEGMENT_PAUSE_SECS`.
+/// Words without text (fillers an engine marks) are dropped; words are taken in time order.
+pub fn segments_from_words(words: &[Word]) -> Vec<Segment> {
+    let mut sorted: Vec<&Word> = words.iter().filter(|w| !w.text.trim().is_empty()).collect();
+    sorted.sort_by(|a, b| a.start.total_cmp(&b.start));
+    let speaker_of = speakers(words);
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut confidences: Vec<Vec<f32>> = Vec::new();
+    for w in sorted {
+        let speaker = speaker_of(w.speaker_label.as_deref());
+        let continues = segments.last().is_some_and(|s| s.speaker == speaker && w.start - s.end < SEGMENT_PAUSE_SECS);
+        if !continues {
+            segments.push(Segment { speaker, start: w.start, end: w.end, text: String::new(), confidence: None });
+            confidences.push(Vec::new());
+        }
+        let (segment, conf) = (segments.last_mut().expect("pushed"), confidences.last_mut().expect("pushed"));
+        if !segment.text.is_empty() {
+            segment.text.push(' ');
+        }
+        segment.text.push_str(w.text.trim());
+        segment.end = segment.end.max(w.end);
+        conf.extend(w.confidence);
+    }
+    for (segment, conf) in segments.iter_mut().zip(confidences) {
+        if !conf.is_empty() {
+            segment.confidence = Some(conf.iter().sum::<f32>() / conf.len() as f32);
+        }
+    }
+    segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(text: &str, start: f64, end: f64, speaker: Option<&str>) -> Word {
+        Word { text: text.into(), start, end, confidence: Some(0.8), speaker_label: speaker.map(str::to_owned) }
+    }
+
+    #[test]
+    fn the_first_voice_is_the_business_the_second_the_caller() {
+        let words = vec![
+            w("Thanks", 0.2, 0.5, Some("2")),
+            w("for", 0.5, 0.6, Some("2")),
+            w("calling", 0.6, 1.0, Some("2")),
+            w("Hi", 1.4, 1.6, Some("1")),
+            w("kitchen", 1.7, 2.1, Some("1")),
+            w("Sure", 2.5, 2.8, Some("2")),
+            w("Also", 3.0, 3.2, Some("3")),
+        ];
+        let segments = segments_from_words(&words);
+        let got: Vec<(Speaker, &str)> = segments.iter().map(|s| (s.speaker, s.text.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Speaker::Business, "Thanks for calling"),
+                (Speaker::Caller, "Hi kitchen"),
+                (Speaker::Business, "Sure"),
+                (Speaker::Unknown, "Also")
+            ]
+        );
+        assert_eq!((segments[1].start, segments[1].end), (1.4, 2.1));
+        assert_eq!(segments[0].confidence, Some(0.8));
+    }
+
+    #[test]
+    fn long_pauses_split_a_speaker_and_unlabelled_words_are_unknown() {
+        let words = vec![w("one", 0.0, 0.4, None), w("two", 0.5, 0.9, None), w("three", 3.0, 3.4, None)];
+        let segments = segments_from_words(&words);
+        assert_eq!(segments.len(), 2);
+        assert!(segments.iter().all(|s| s.speaker == Speaker::Unknown));
+        assert_eq!(segments[0].text, "one two");
+    }
+
+    #[test]
+    fn the_json_shape_is_stable() {
+        let t = Transcript {
+            schema_version: TRANSCRIPT_SCHEMA_VERSION,
+            tenant_id: "acme".into(),
+            call_id: "CAL1".into(),
+            engine: "pocketsphinx".into(),
+            quality: Quality::Low,
+            language: "en-US".into(),
+            duration_secs: 3.4,
+            segments: segments_from_words(&[w("hello", 0.0, 0.4, None)]),
+        };
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["quality"], "low");
+        assert_eq!(json["segments"][0]["speaker"], "unknown");
+        assert_eq!(serde_json::from_value::<Transcript>(json).unwrap(), t);
+        assert_eq!((t.text(), t.word_count()), ("speaker: hello\n".to_owned(), 1));
+    }
+}
