@@ -6,6 +6,7 @@ pub mod dir_objects;
 pub mod gcs;
 pub mod local_router;
 pub mod local_secrets;
+pub mod pocketsphinx;
 pub mod pubsub;
 pub mod secret_manager;
 pub mod spanner;
