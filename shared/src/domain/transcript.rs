@@ -139,6 +139,47 @@ pub fn segments_from_words(words: &[Word]) -> Vec<Segment> {
     segments
 }
 
+/// CallRail's own transcript of a call (`transcription` in the webhook or the API), as segments. CallRail sends
+/// text, one turn per line when it labels speakers (`Agent: …`, `Caller: …`/`Customer: …`); unlabelled text is
+/// one `Unknown` segment. It has no word timings: each turn gets a share of the call's duration in proportion to
+/// its words, so segments keep their order and rough position (the quality says the text was provided).
+pub fn segments_from_callrail(text: &str, duration_secs: f64) -> Vec<Segment> {
+    let mut turns: Vec<(Speaker, String)> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let labelled = line.split_once(':').and_then(|(label, rest)| {
+            let speaker = match label.trim().to_ascii_lowercase().as_str() {
+                "agent" | "business" | "employee" | "rep" => Speaker::Business,
+                "caller" | "customer" | "client" => Speaker::Caller,
+                _ => return None,
+            };
+            Some((speaker, rest.trim()))
+        });
+        match labelled {
+            Some((speaker, rest)) => turns.push((speaker, rest.to_owned())),
+            // A continuation of the previous turn, or unlabelled text.
+            None => match turns.last_mut() {
+                Some((_, previous)) => {
+                    previous.push(' ');
+                    previous.push_str(line);
+                }
+                None => turns.push((Speaker::Unknown, line.to_owned())),
+            },
+        }
+    }
+    turns.retain(|(_, t)| !t.is_empty());
+    let total_words: usize = turns.iter().map(|(_, t)| t.split_whitespace().count()).sum();
+    let (duration, mut words_before) = (duration_secs.max(0.0), 0usize);
+    let at = |words: usize| if total_words == 0 { 0.0 } else { duration * words as f64 / total_words as f64 };
+    turns
+        .into_iter()
+        .map(|(speaker, text)| {
+            let start = at(words_before);
+            words_before += text.split_whitespace().count();
+            Segment { speaker, start, end: at(words_before), text, confidence: None }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +221,26 @@ mod tests {
         assert_eq!(segments.len(), 2);
         assert!(segments.iter().all(|s| s.speaker == Speaker::Unknown));
         assert_eq!(segments[0].text, "one two");
+    }
+
+    #[test]
+    fn callrail_transcripts_keep_their_speakers_and_order() {
+        let text = "Agent: Thanks for calling Acme.\nCaller: Hi, I need a new roof.\nIt leaks.\n\nAgent: Sure.";
+        let segments = segments_from_callrail(text, 10.0);
+        let got: Vec<(Speaker, &str)> = segments.iter().map(|s| (s.speaker, s.text.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Speaker::Business, "Thanks for calling Acme."),
+                (Speaker::Caller, "Hi, I need a new roof. It leaks."),
+                (Speaker::Business, "Sure.")
+            ]
+        );
+        assert_eq!((segments[0].start, segments[2].end), (0.0, 10.0));
+        assert!(segments.windows(2).all(|p| p[0].end <= p[1].start + 1e-9));
+        let plain = segments_from_callrail("we need a bathroom remodel", 4.0);
+        assert_eq!((plain.len(), plain[0].speaker), (1, Speaker::Unknown));
+        assert!(segments_from_callrail("  \n ", 4.0).is_empty());
     }
 
     #[test]
