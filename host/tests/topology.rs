@@ -115,6 +115,8 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         callflow_host::topology::provision(&triggers, &database, &dataset, &|_| Some(stand_in.clone())).await.unwrap();
     eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
+    // Provisioning again converges: existing resources are kept or brought to the definitions, not an error.
+    callflow_host::topology::provision(&triggers, &database, &dataset, &|_| Some(stand_in.clone())).await.unwrap();
 
     // The subscription carries the trigger's policies.
     let pubsub = std::env::var("PUBSUB_EMULATOR_HOST").unwrap();
