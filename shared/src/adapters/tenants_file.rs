@@ -80,5 +80,11 @@ mod tests {
         assert!(err.contains("at most 2"), "{err}");
         let err = FileTenants::parse("[[tenant]]\nid = \"Bad/Id\"\nname = \"x\"").err().unwrap().to_string();
         assert!(err.contains("invalid tenant id"), "{err}");
+        let bad_language =
+            "[[tenant]]\nid = \"x\"\nname = \"X\"\n[tenant.transcription]\nlanguage = \"english please\"";
+        let err = FileTenants::parse(bad_language).err().unwrap().to_string();
+        assert!(err.contains("transcription.language") && err.contains("BCP-47"), "{err}");
+        let bad_engine = "[[tenant]]\nid = \"x\"\nname = \"X\"\n[tenant.transcription]\nengine = \"whisper\"";
+        assert!(FileTenants::parse(bad_engine).is_err());
     }
 }

@@ -50,6 +50,55 @@ fn default_retention_days() -> u32 {
     365
 }
 
+/// Which engine transcribes a tenant's recordings (CallRail's own transcript, when a call has one, is always
+/// used first: it costs nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineChoice {
+    /// Google Speech-to-Text v2 (Chirp, diarization).
+    Google,
+    /// PocketSphinx on the machine: free, offline, lower quality.
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscriptionSettings {
+    /// Absent: the deployment's default (the offline engine embedded, Speech-to-Text on Google Cloud).
+    #[serde(default)]
+    pub engine: Option<EngineChoice>,
+    /// BCP-47 language of the tenant's calls.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Calls shorter than this are not transcribed (hang-ups, misdials).
+    #[serde(default = "default_min_call_secs")]
+    pub min_call_secs: u32,
+    /// Voicemails shorter than this are not transcribed (no message left).
+    #[serde(default = "default_min_voicemail_secs")]
+    pub min_voicemail_secs: u32,
+}
+
+fn default_language() -> String {
+    "en-US".into()
+}
+fn default_min_call_secs() -> u32 {
+    15
+}
+fn default_min_voicemail_secs() -> u32 {
+    8
+}
+
+impl Default for TranscriptionSettings {
+    fn default() -> Self {
+        Self {
+            engine: None,
+            language: default_language(),
+            min_call_secs: default_min_call_secs(),
+            min_voicemail_secs: default_min_voicemail_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
@@ -59,6 +108,9 @@ pub struct Tenant {
     pub forms: Option<FormSettings>,
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// How recordings are transcribed (on-audio-uploaded); defaults when absent.
+    #[serde(default)]
+    pub transcription: TranscriptionSettings,
     /// CRM provider, credentials reference and field mapping; read by on-analysis.
     #[serde(default)]
     pub crm: Option<serde_json::Value>,
@@ -89,6 +141,11 @@ impl Tenant {
             if cr.account_id.trim().is_empty() {
                 return fail("callrail.account_id is empty".into());
             }
+        }
+        let language = &self.transcription.language;
+        let well_formed = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !language.split('-').all(well_formed) || language.len() > 35 {
+            return fail(format!("transcription.language {language:?} is not a BCP-47 tag (e.g. en-US)"));
         }
         if let Some(forms) = &self.forms {
             if forms.signing_keys.len() > MAX_ACTIVE_KEYS {

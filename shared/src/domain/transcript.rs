@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::call::LeadDetails;
+use super::tenant::{EngineChoice, TranscriptionSettings};
+
 pub const TRANSCRIPT_SCHEMA_VERSION: u32 = 1;
 
 /// A pause at least this long starts a new segment even when the speaker does not change.
@@ -139,6 +142,48 @@ pub fn segments_from_words(words: &[Word]) -> Vec<Segment> {
     segments
 }
 
+/// What on-audio-uploaded does with a call's recording.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TranscriptionPlan {
+    /// Not worth transcribing: the call moves to `skipped` with this reason.
+    Skip {
+        reason: &'static str,
+    },
+    /// CallRail already transcribed it: use that, no engine, no cost.
+    UseCallRail {
+        text: String,
+    },
+    Transcribe {
+        engine: EngineChoice,
+        language: String,
+    },
+}
+
+/// The cost rules, in order: unanswered calls without a voicemail, voicemails shorter than the tenant's
+/// threshold and calls shorter than its minimum are skipped; a transcript CallRail supplied is used as is;
+/// otherwise the tenant's engine (or the deployment's default). A duration CallRail did not report skips nothing.
+pub fn plan(lead: &LeadDetails, settings: &TranscriptionSettings, default_engine: EngineChoice) -> TranscriptionPlan {
+    let voicemail = lead.voicemail == Some(true);
+    if lead.answered == Some(false) && !voicemail {
+        return TranscriptionPlan::Skip { reason: "unanswered" };
+    }
+    if let Some(secs) = lead.duration_secs {
+        if voicemail && secs < settings.min_voicemail_secs {
+            return TranscriptionPlan::Skip { reason: "short_voicemail" };
+        }
+        if !voicemail && secs < settings.min_call_secs {
+            return TranscriptionPlan::Skip { reason: "short_call" };
+        }
+    }
+    if let Some(text) = lead.transcription.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        return TranscriptionPlan::UseCallRail { text: text.to_owned() };
+    }
+    TranscriptionPlan::Transcribe {
+        engine: settings.engine.unwrap_or(default_engine),
+        language: settings.language.clone(),
+    }
+}
+
 /// CallRail's own transcript of a call (`transcription` in the webhook or the API), as segments. CallRail sends
 /// text, one turn per line when it labels speakers (`Agent: …`, `Caller: …`/`Customer: …`); unlabelled text is
 /// one `Unknown` segment. It has no word timings: each turn gets a share of the call's duration in proportion to
@@ -241,6 +286,36 @@ mod tests {
         let plain = segments_from_callrail("we need a bathroom remodel", 4.0);
         assert_eq!((plain.len(), plain[0].speaker), (1, Speaker::Unknown));
         assert!(segments_from_callrail("  \n ", 4.0).is_empty());
+    }
+
+    #[test]
+    fn cost_rules_skip_what_is_not_worth_transcribing() {
+        let settings = TranscriptionSettings::default(); // 15 s calls, 8 s voicemails
+        let lead = |answered: Option<bool>, voicemail: Option<bool>, secs: Option<u32>| LeadDetails {
+            answered,
+            voicemail,
+            duration_secs: secs,
+            ..LeadDetails::default()
+        };
+        let decide = |l: &LeadDetails| plan(l, &settings, EngineChoice::Offline);
+        assert_eq!(decide(&lead(Some(false), Some(false), Some(40))), TranscriptionPlan::Skip { reason: "unanswered" });
+        assert_eq!(
+            decide(&lead(Some(false), Some(true), Some(5))),
+            TranscriptionPlan::Skip { reason: "short_voicemail" }
+        );
+        assert!(matches!(decide(&lead(Some(false), Some(true), Some(8))), TranscriptionPlan::Transcribe { .. }));
+        assert_eq!(decide(&lead(Some(true), None, Some(14))), TranscriptionPlan::Skip { reason: "short_call" });
+        let call = decide(&lead(Some(true), None, Some(15)));
+        assert_eq!(call, TranscriptionPlan::Transcribe { engine: EngineChoice::Offline, language: "en-US".into() });
+        // Unknown duration: transcribe rather than guess.
+        assert!(matches!(decide(&lead(Some(true), None, None)), TranscriptionPlan::Transcribe { .. }));
+        // CallRail's transcript wins over any engine; the tenant's engine over the deployment's default.
+        let mut with_text = lead(Some(true), None, Some(60));
+        with_text.transcription = Some(" Agent: hello ".into());
+        assert_eq!(decide(&with_text), TranscriptionPlan::UseCallRail { text: "Agent: hello".into() });
+        let google = TranscriptionSettings { engine: Some(EngineChoice::Google), ..TranscriptionSettings::default() };
+        let chosen = plan(&lead(Some(true), None, Some(60)), &google, EngineChoice::Offline);
+        assert!(matches!(chosen, TranscriptionPlan::Transcribe { engine: EngineChoice::Google, .. }));
     }
 
     #[test]
