@@ -70,6 +70,35 @@ pub trait StateStore: Send + Sync {
 
     /// The earliest time any work of these kinds becomes due (None: no work), so workers sleep exactly as long.
     async fn next_due(&self, kinds: &[WorkKind]) -> PortResult<Option<DateTime<Utc>>>;
+
+    /// Claim one unit of an event-driven stage's work on a call, once per `key` (e.g. `transcribe:{generation}`):
+    /// `Claimed` to the first asker (or to the next one after a lease ran out or was released), `Busy` while
+    /// another holds it, `Done` once finished. This is what makes a redelivered event cost nothing twice.
+    async fn claim_stage(&self, tenant: &TenantId, call: &CallId, key: &str, lease: Duration) -> PortResult<Claim>;
+
+    /// Finish a claimed unit: mark it done and apply `completion` (transition, follow-up work, dead letter) in the
+    /// same transaction. `false` (nothing changed) when the claim's lease was lost to another holder.
+    async fn finish_stage(&self, claim: &StageClaim, completion: Completion) -> PortResult<bool>;
+
+    /// Give a claim back after a failure, so the next delivery may claim it at once.
+    async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageClaim {
+    pub tenant_id: TenantId,
+    pub call_id: CallId,
+    pub key: String,
+    pub lease: String,
+    /// Including this one.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Claimed(StageClaim),
+    Busy { until: DateTime<Utc> },
+    Done,
 }
 
 /// A stored object's facts: what GCS reports and what a finalize event carries.

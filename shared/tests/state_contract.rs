@@ -10,7 +10,7 @@ use callflow::adapters::sqlite::{Durability, SqliteStateStore};
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
-use callflow::ports::StateStore;
+use callflow::ports::{Claim, StateStore};
 use chrono::Utc;
 
 fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
@@ -123,6 +123,58 @@ async fn retries_wait_until_due(store: Arc<dyn StateStore>) {
     assert_eq!(store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().len(), 1);
 }
 
+/// Event-driven stages claim a unit of work per key: one holder at a time, released claims and lapsed leases pass
+/// to the next asker, a stale holder cannot finish, and a finished key is done for every later delivery.
+async fn stage_claims_are_once_per_key(store: Arc<dyn StateStore>) {
+    let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALstage").unwrap());
+    store.record_intake(event("acme", "CALstage", true)).await.unwrap();
+    let key = "transcribe:1700000000000001";
+    let long = Duration::from_secs(60);
+    let Claim::Claimed(first) = store.claim_stage(&tenant, &call, key, long).await.unwrap() else {
+        panic!("the first asker claims")
+    };
+    assert_eq!(first.attempts, 1);
+    assert!(matches!(store.claim_stage(&tenant, &call, key, long).await.unwrap(), Claim::Busy { .. }));
+
+    // Released after a failure: the next delivery claims it at once.
+    store.release_stage(&first, "speech: 503").await.unwrap();
+    let Claim::Claimed(second) = store.claim_stage(&tenant, &call, key, long).await.unwrap() else {
+        panic!("a released claim is claimable")
+    };
+    assert_eq!(second.attempts, 2);
+    let done = Completion {
+        transition: Some(Transition { to: CallState::RecordingStored, reason: None, recording_object: None }),
+        ..Completion::default()
+    };
+    assert!(!store.finish_stage(&first, done.clone()).await.unwrap(), "a released holder cannot finish");
+    assert!(store.finish_stage(&second, done.clone()).await.unwrap());
+    assert_eq!(store.call(&tenant, &call).await.unwrap().unwrap().state, CallState::RecordingStored);
+    assert_eq!(store.claim_stage(&tenant, &call, key, long).await.unwrap(), Claim::Done);
+    assert!(!store.finish_stage(&second, done).await.unwrap(), "finishing twice changes nothing");
+
+    // A lapsed lease passes the claim on; its old holder can no longer finish.
+    let other = "transcribe:1700000000000002";
+    let Claim::Claimed(lapsed) = store.claim_stage(&tenant, &call, other, Duration::from_millis(1)).await.unwrap()
+    else {
+        panic!("another key is claimable")
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Claim::Claimed(next) = store.claim_stage(&tenant, &call, other, long).await.unwrap() else {
+        panic!("a lapsed lease is claimable")
+    };
+    assert!(!store.finish_stage(&lapsed, Completion::default()).await.unwrap());
+    assert!(store.finish_stage(&next, Completion::default()).await.unwrap());
+
+    // Concurrent deliveries of one event: one claim.
+    let results = futures::future::join_all((0..10).map(|_| {
+        let (store, tenant, call) = (store.clone(), tenant.clone(), call.clone());
+        tokio::spawn(async move { store.claim_stage(&tenant, &call, "transcribe:race", long).await.unwrap() })
+    }))
+    .await;
+    let claimed = results.iter().filter(|r| matches!(r.as_ref().unwrap(), Claim::Claimed(_))).count();
+    assert_eq!(claimed, 1);
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
@@ -151,6 +203,12 @@ async fn sqlite_claims_are_exclusive_and_leases_guard_completion() {
 async fn sqlite_transitions_never_move_backwards() {
     let (_d, s) = sqlite().await;
     transitions_never_move_backwards(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stage_claims_are_once_per_key() {
+    let (_d, s) = sqlite().await;
+    stage_claims_are_once_per_key(s).await;
 }
 
 #[tokio::test]
@@ -207,6 +265,13 @@ async fn spanner_claims_are_exclusive_and_leases_guard_completion() {
 async fn spanner_transitions_never_move_backwards() {
     if let Some(s) = spanner().await {
         transitions_never_move_backwards(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spanner_stage_claims_are_once_per_key() {
+    if let Some(s) = spanner().await {
+        stage_claims_are_once_per_key(s).await;
     }
 }
 

@@ -25,10 +25,13 @@ use time::OffsetDateTime;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{IntakeResult, PortError, PortResult, StateStore};
+use crate::ports::{Claim, IntakeResult, PortError, PortResult, StageClaim, StateStore};
 
 /// The schema files, in the order they are applied. A new file is a new migration; applied ones never change.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../schemas/spanner/0001_state.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../schemas/spanner/0001_state.sql")),
+    (2, include_str!("../../schemas/spanner/0002_stage_runs.sql")),
+];
 
 const CALL_COLUMNS: [&str; 9] = [
     "tenant_id",
@@ -403,6 +406,113 @@ impl StateStore for SpannerStateStore {
                 }
                 tx.buffer_write(m);
                 Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn claim_stage(&self, tenant: &TenantId, call: &CallId, key: &str, lease: Duration) -> PortResult<Claim> {
+        self.rw(|tx| {
+            let (tenant, call, key) = (tenant.clone(), call.clone(), key.to_owned());
+            Box::pin(async move {
+                let now = Utc::now();
+                let k = Key::composite(&[&tenant.as_str(), &call.as_str(), &key.as_str()]);
+                let row = tx.read_row("stage_runs", &["lease", "lease_until", "attempts", "done_at"], k).await?;
+                let attempts = match row {
+                    None => 1,
+                    Some(r) => {
+                        if r.column_by_name::<Option<OffsetDateTime>>("done_at")?.is_some() {
+                            return Ok(Claim::Done);
+                        }
+                        let until = r.column_by_name::<Option<i64>>("lease_until")?;
+                        let held = r.column_by_name::<Option<String>>("lease")?.is_some();
+                        if held && let Some(until) = until.filter(|u| *u > micros(now)) {
+                            return Ok(Claim::Busy { until: DateTime::from_timestamp_micros(until).unwrap_or(now) });
+                        }
+                        r.column_by_name::<i64>("attempts")? as u32 + 1
+                    }
+                };
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let until = micros(now) + lease.as_micros() as i64;
+                tx.buffer_write(vec![insert_or_update(
+                    "stage_runs",
+                    &["tenant_id", "call_id", "stage_key", "lease", "lease_until", "attempts"],
+                    &[&tenant.as_str(), &call.as_str(), &key, &token, &until, &i64::from(attempts)],
+                )]);
+                Ok(Claim::Claimed(StageClaim { tenant_id: tenant, call_id: call, key, lease: token, attempts }))
+            })
+        })
+        .await
+    }
+
+    async fn finish_stage(&self, claim: &StageClaim, completion: Completion) -> PortResult<bool> {
+        self.rw(|tx| {
+            let (claim, completion) = (claim.clone(), completion.clone());
+            Box::pin(async move {
+                let (tenant, call) = (claim.tenant_id.as_str(), claim.call_id.as_str());
+                let k = Key::composite(&[&tenant, &call, &claim.key.as_str()]);
+                let Some(row) = tx.read_row("stage_runs", &["lease", "done_at"], k).await? else {
+                    return Ok(false);
+                };
+                let holds = row.column_by_name::<Option<String>>("lease")?.as_deref() == Some(claim.lease.as_str());
+                if !holds || row.column_by_name::<Option<OffsetDateTime>>("done_at")?.is_some() {
+                    return Ok(false);
+                }
+                let now = Utc::now();
+                let no_lease: Option<String> = None;
+                let no_until: Option<i64> = None;
+                let mut m = vec![update(
+                    "stage_runs",
+                    &["tenant_id", "call_id", "stage_key", "lease", "lease_until", "done_at"],
+                    &[&tenant, &call, &claim.key, &no_lease, &no_until, &Some(ts(now))],
+                )];
+                if let Some(t) = &completion.transition
+                    && let Some(mut record) = read_call(tx, tenant, call).await?
+                    && t.apply(&mut record, now)
+                {
+                    m.push(write_call(&record)?);
+                }
+                m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));
+                if let Some(reason) = &completion.dead_letter {
+                    let stage = claim.key.split(':').next().unwrap_or(&claim.key);
+                    m.push(insert(
+                        "dead_letters",
+                        &["tenant_id", "id", "call_id", "kind", "payload", "attempts", "reason", "created_at"],
+                        &[
+                            &tenant,
+                            &new_id(),
+                            &call,
+                            &stage,
+                            &serde_json::json!({"key": claim.key}).to_string(),
+                            &i64::from(claim.attempts),
+                            reason,
+                            &ts(now),
+                        ],
+                    ));
+                }
+                tx.buffer_write(m);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()> {
+        self.rw(|tx| {
+            let (claim, error) = (claim.clone(), error.to_owned());
+            Box::pin(async move {
+                let (tenant, call) = (claim.tenant_id.as_str(), claim.call_id.as_str());
+                let k = Key::composite(&[&tenant, &call, &claim.key.as_str()]);
+                let Some(row) = tx.read_row("stage_runs", &["lease"], k).await? else { return Ok(()) };
+                if row.column_by_name::<Option<String>>("lease")?.as_deref() == Some(claim.lease.as_str()) {
+                    let (no_lease, no_until): (Option<String>, Option<i64>) = (None, None);
+                    tx.buffer_write(vec![update(
+                        "stage_runs",
+                        &["tenant_id", "call_id", "stage_key", "lease", "lease_until", "last_error"],
+                        &[&tenant, &call, &claim.key, &no_lease, &no_until, &error],
+                    )]);
+                }
+                Ok(())
             })
         })
         .await

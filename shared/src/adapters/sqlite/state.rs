@@ -13,7 +13,7 @@ use super::writer::{self, Durability, Writer};
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{IntakeResult, PortError, PortResult, StateStore};
+use crate::ports::{Claim, IntakeResult, PortError, PortResult, StageClaim, StateStore};
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS calls (
@@ -62,6 +62,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant_id, created_at);
+-- One row per unit of an event-driven stage's work (e.g. transcribe:{generation}); times in µs.
+CREATE TABLE IF NOT EXISTS stage_runs (
+    tenant_id   TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    stage_key   TEXT NOT NULL,
+    lease       TEXT,
+    lease_until INTEGER,
+    attempts    INTEGER NOT NULL,
+    last_error  TEXT,
+    done_at     TEXT,
+    PRIMARY KEY (tenant_id, call_id, stage_key)
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +352,113 @@ impl StateStore for SqliteStateStore {
                     ])?;
                 }
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn claim_stage(&self, tenant: &TenantId, call: &CallId, key: &str, lease: Duration) -> PortResult<Claim> {
+        let (tenant, call, key) = (tenant.clone(), call.clone(), key.to_owned());
+        self.writer
+            .write(move |c| {
+                let now = Utc::now();
+                let row = c
+                    .prepare_cached(
+                        "SELECT lease, lease_until, attempts, done_at FROM stage_runs
+                         WHERE tenant_id = ?1 AND call_id = ?2 AND stage_key = ?3",
+                    )?
+                    .query_row(params![tenant.as_str(), call.as_str(), key], |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    })
+                    .optional()?;
+                let attempts = match row {
+                    Some((_, _, _, Some(_))) => return Ok(Claim::Done),
+                    Some((Some(_), Some(until), _, None)) if until > now.timestamp_micros() => {
+                        return Ok(Claim::Busy { until: DateTime::from_timestamp_micros(until).unwrap_or(now) });
+                    }
+                    Some((_, _, attempts, None)) => attempts + 1,
+                    None => 1,
+                };
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let until = now.timestamp_micros() + lease.as_micros() as i64;
+                c.prepare_cached(
+                    "INSERT INTO stage_runs (tenant_id, call_id, stage_key, lease, lease_until, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (tenant_id, call_id, stage_key)
+                     DO UPDATE SET lease = excluded.lease, lease_until = excluded.lease_until,
+                                   attempts = excluded.attempts",
+                )?
+                .execute(params![tenant.as_str(), call.as_str(), key, token, until, attempts])?;
+                Ok(Claim::Claimed(StageClaim { tenant_id: tenant, call_id: call, key, lease: token, attempts }))
+            })
+            .await
+    }
+
+    async fn finish_stage(&self, claim: &StageClaim, completion: Completion) -> PortResult<bool> {
+        let claim = claim.clone();
+        self.writer
+            .write(move |c| {
+                let now = Utc::now();
+                let (tenant, call) = (claim.tenant_id.as_str(), claim.call_id.as_str());
+                let marked = c
+                    .prepare_cached(
+                        "UPDATE stage_runs SET lease = NULL, lease_until = NULL, done_at = ?1
+                         WHERE tenant_id = ?2 AND call_id = ?3 AND stage_key = ?4 AND lease = ?5 AND done_at IS NULL",
+                    )?
+                    .execute(params![rfc3339(now), tenant, call, claim.key, claim.lease])?;
+                if marked == 0 {
+                    return Ok(false);
+                }
+                if let Some(t) = &completion.transition
+                    && let Some(mut record) = read_call(c, tenant, call)?
+                    && t.apply(&mut record, now)
+                {
+                    write_call(c, &record)?;
+                }
+                for work in &completion.follow_up {
+                    enqueue(c, tenant, call, work, now)?;
+                }
+                if let Some(reason) = &completion.dead_letter {
+                    let stage = claim.key.split(':').next().unwrap_or(&claim.key);
+                    c.prepare_cached(
+                        "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        tenant,
+                        call,
+                        stage,
+                        serde_json::json!({"key": claim.key}).to_string(),
+                        claim.attempts,
+                        reason,
+                        rfc3339(now)
+                    ])?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()> {
+        let (claim, error) = (claim.clone(), error.to_owned());
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE stage_runs SET lease = NULL, lease_until = NULL, last_error = ?1
+                     WHERE tenant_id = ?2 AND call_id = ?3 AND stage_key = ?4 AND lease = ?5",
+                )?
+                .execute(params![
+                    error,
+                    claim.tenant_id.as_str(),
+                    claim.call_id.as_str(),
+                    claim.key,
+                    claim.lease
+                ])?;
+                Ok(())
             })
             .await
     }
