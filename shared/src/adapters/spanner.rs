@@ -579,6 +579,7 @@ mod tests {
         let all: Vec<String> = super::MIGRATIONS.iter().flat_map(|(_, ddl)| super::statements(ddl)).collect();
         assert!(all.iter().all(|s| !s.contains("--") && !s.ends_with(';')));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE calls")));
-        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 7);
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE stage_runs")));
+        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 8);
     }
 }
