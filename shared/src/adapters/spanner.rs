@@ -232,6 +232,35 @@ fn enqueue(tenant: &str, call: &str, work: &NewWork, now: DateTime<Utc>) -> gclo
 }
 
 /// Whether `item` still holds its lease (read inside the transaction, so it is locked until commit).
+/// What finishing a unit of work writes besides removing its claim: the call's transition, the follow-up work and
+/// the dead letter, if any (`what` names the work for that record: kind, payload, attempts).
+async fn completion_mutations(
+    tx: &mut ReadWriteTransaction,
+    tenant: &str,
+    call: &str,
+    completion: &Completion,
+    what: (&str, String, u32),
+    now: DateTime<Utc>,
+) -> Result<Vec<gcloud_googleapis::spanner::v1::Mutation>, SpannerError> {
+    let mut m = Vec::new();
+    if let Some(t) = &completion.transition
+        && let Some(mut record) = read_call(tx, tenant, call).await?
+        && t.apply(&mut record, now)
+    {
+        m.push(write_call(&record)?);
+    }
+    m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));
+    if let Some(reason) = &completion.dead_letter {
+        let (kind, payload, attempts) = what;
+        m.push(insert(
+            "dead_letters",
+            &["tenant_id", "id", "call_id", "kind", "payload", "attempts", "reason", "created_at"],
+            &[&tenant, &new_id(), &call, &kind, &payload, &i64::from(attempts), reason, &ts(now)],
+        ));
+    }
+    Ok(m)
+}
+
 async fn holds_lease(tx: &mut ReadWriteTransaction, item: &WorkItem) -> Result<bool, SpannerError> {
     let key = Key::composite(&[&item.tenant_id.as_str(), &item.id]);
     let row = tx.read_row("outbox", &["lease"], key).await?;
@@ -378,32 +407,10 @@ impl StateStore for SpannerStateStore {
                 if !holds_lease(tx, &item).await? {
                     return Ok(false);
                 }
-                let now = Utc::now();
                 let (tenant, call) = (item.tenant_id.as_str(), item.call_id.as_str());
                 let mut m = vec![delete("outbox", Key::composite(&[&tenant, &item.id]))];
-                if let Some(t) = &completion.transition
-                    && let Some(mut record) = read_call(tx, tenant, call).await?
-                    && t.apply(&mut record, now)
-                {
-                    m.push(write_call(&record)?);
-                }
-                m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));
-                if let Some(reason) = &completion.dead_letter {
-                    m.push(insert(
-                        "dead_letters",
-                        &["tenant_id", "id", "call_id", "kind", "payload", "attempts", "reason", "created_at"],
-                        &[
-                            &tenant,
-                            &new_id(),
-                            &call,
-                            &item.kind.as_str(),
-                            &item.payload.to_string(),
-                            &i64::from(item.attempts),
-                            reason,
-                            &ts(now),
-                        ],
-                    ));
-                }
+                let what = (item.kind.as_str(), item.payload.to_string(), item.attempts);
+                m.extend(completion_mutations(tx, tenant, call, &completion, what, Utc::now()).await?);
                 tx.buffer_write(m);
                 Ok(true)
             })
@@ -466,30 +473,9 @@ impl StateStore for SpannerStateStore {
                     &["tenant_id", "call_id", "stage_key", "lease", "lease_until", "done_at"],
                     &[&tenant, &call, &claim.key, &no_lease, &no_until, &Some(ts(now))],
                 )];
-                if let Some(t) = &completion.transition
-                    && let Some(mut record) = read_call(tx, tenant, call).await?
-                    && t.apply(&mut record, now)
-                {
-                    m.push(write_call(&record)?);
-                }
-                m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));
-                if let Some(reason) = &completion.dead_letter {
-                    let stage = claim.key.split(':').next().unwrap_or(&claim.key);
-                    m.push(insert(
-                        "dead_letters",
-                        &["tenant_id", "id", "call_id", "kind", "payload", "attempts", "reason", "created_at"],
-                        &[
-                            &tenant,
-                            &new_id(),
-                            &call,
-                            &stage,
-                            &serde_json::json!({"key": claim.key}).to_string(),
-                            &i64::from(claim.attempts),
-                            reason,
-                            &ts(now),
-                        ],
-                    ));
-                }
+                let stage = claim.key.split(':').next().unwrap_or(&claim.key);
+                let what = (stage, serde_json::json!({"key": claim.key}).to_string(), claim.attempts);
+                m.extend(completion_mutations(tx, tenant, call, &completion, what, now).await?);
                 tx.buffer_write(m);
                 Ok(true)
             })

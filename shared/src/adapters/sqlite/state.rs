@@ -159,6 +159,36 @@ fn write_call(conn: &Connection, c: &CallRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What finishing a unit of work does besides removing its claim: the call's transition, the follow-up work and
+/// the dead letter, if any (`what` names the work for that record: kind, payload, attempts).
+fn apply_completion(
+    c: &Connection,
+    tenant: &str,
+    call: &str,
+    completion: &Completion,
+    what: (&str, String, u32),
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    if let Some(t) = &completion.transition
+        && let Some(mut record) = read_call(c, tenant, call)?
+        && t.apply(&mut record, now)
+    {
+        write_call(c, &record)?;
+    }
+    for work in &completion.follow_up {
+        enqueue(c, tenant, call, work, now)?;
+    }
+    if let Some(reason) = &completion.dead_letter {
+        let (kind, payload, attempts) = what;
+        c.prepare_cached(
+            "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![tenant, call, kind, payload, attempts, reason, rfc3339(now)])?;
+    }
+    Ok(())
+}
+
 fn enqueue(conn: &Connection, tenant: &str, call: &str, work: &NewWork, now: DateTime<Utc>) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO outbox (tenant_id, call_id, kind, payload, not_before, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -325,32 +355,9 @@ impl StateStore for SqliteStateStore {
                 if deleted == 0 {
                     return Ok(false);
                 }
-                let now = Utc::now();
                 let (tenant, call) = (item.tenant_id.as_str(), item.call_id.as_str());
-                if let Some(t) = &completion.transition
-                    && let Some(mut record) = read_call(c, tenant, call)?
-                    && t.apply(&mut record, now)
-                {
-                    write_call(c, &record)?;
-                }
-                for work in &completion.follow_up {
-                    enqueue(c, tenant, call, work, now)?;
-                }
-                if let Some(reason) = &completion.dead_letter {
-                    c.prepare_cached(
-                        "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        tenant,
-                        call,
-                        item.kind.as_str(),
-                        item.payload.to_string(),
-                        item.attempts,
-                        reason,
-                        rfc3339(now)
-                    ])?;
-                }
+                let what = (item.kind.as_str(), item.payload.to_string(), item.attempts);
+                apply_completion(c, tenant, call, &completion, what, Utc::now())?;
                 Ok(true)
             })
             .await
@@ -413,31 +420,9 @@ impl StateStore for SqliteStateStore {
                 if marked == 0 {
                     return Ok(false);
                 }
-                if let Some(t) = &completion.transition
-                    && let Some(mut record) = read_call(c, tenant, call)?
-                    && t.apply(&mut record, now)
-                {
-                    write_call(c, &record)?;
-                }
-                for work in &completion.follow_up {
-                    enqueue(c, tenant, call, work, now)?;
-                }
-                if let Some(reason) = &completion.dead_letter {
-                    let stage = claim.key.split(':').next().unwrap_or(&claim.key);
-                    c.prepare_cached(
-                        "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        tenant,
-                        call,
-                        stage,
-                        serde_json::json!({"key": claim.key}).to_string(),
-                        claim.attempts,
-                        reason,
-                        rfc3339(now)
-                    ])?;
-                }
+                let stage = claim.key.split(':').next().unwrap_or(&claim.key);
+                let what = (stage, serde_json::json!({"key": claim.key}).to_string(), claim.attempts);
+                apply_completion(c, tenant, call, &completion, what, now)?;
                 Ok(true)
             })
             .await
