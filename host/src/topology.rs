@@ -29,11 +29,8 @@ pub struct Provisioned {
 }
 
 fn emulator(var: &str) -> anyhow::Result<String> {
-    let host = std::env::var(var)
-        .ok()
-        .filter(|h| !h.is_empty())
-        .with_context(|| format!("{var} is not set: provision only sets up emulators (terraform owns Google Cloud)"))?;
-    Ok(if host.contains("://") { host } else { format!("http://{host}") })
+    callflow::adapters::emulator_url(var)
+        .with_context(|| format!("{var} is not set: provision only sets up emulators (terraform owns Google Cloud)"))
 }
 
 /// Create or converge; `function_url` says where each function listens (the environment's `functions`, or

@@ -55,11 +55,8 @@ impl Authenticator for GoogleAuth {
 impl BigQuerySink {
     /// Stream into `project.dataset`; on the emulator when `BIGQUERY_EMULATOR_HOST` is set.
     pub async fn connect(project: &str, dataset: &str) -> anyhow::Result<Self> {
-        match std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty()) {
-            Some(host) => {
-                let host = if host.contains("://") { host } else { format!("http://{host}") };
-                Self::with(&format!("{}/bigquery/v2", host.trim_end_matches('/')), None, project, dataset).await
-            }
+        match super::emulator_url("BIGQUERY_EMULATOR_HOST") {
+            Some(host) => Self::with(&format!("{host}/bigquery/v2"), None, project, dataset).await,
             None => {
                 let credentials = google_cloud_auth::credentials::Builder::default().build()?;
                 Self::with(GOOGLE_V2, Some(credentials), project, dataset).await

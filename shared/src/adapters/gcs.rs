@@ -36,9 +36,8 @@ pub struct GcsObjectStore {
 impl GcsObjectStore {
     /// The real service with Application Default Credentials, or the emulator named by `STORAGE_EMULATOR_HOST`.
     pub async fn connect() -> anyhow::Result<Self> {
-        match std::env::var("STORAGE_EMULATOR_HOST").ok().filter(|h| !h.is_empty()) {
-            Some(host) => {
-                let endpoint = if host.contains("://") { host } else { format!("http://{host}") };
+        match super::emulator_url("STORAGE_EMULATOR_HOST") {
+            Some(endpoint) => {
                 Self::with(endpoint, google_cloud_auth::credentials::anonymous::Builder::new().build()).await
             }
             None => {
