@@ -249,11 +249,16 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                 &settings.data_dir.join("state.sqlite"),
                 settings.durability,
             )?;
-            let work = state.dead_letters(None).await?;
+            let work = callflow::ports::StateStore::dead_letters(&state, None, 100_000).await?;
             if json {
                 let work: Vec<_> = work
                     .iter()
-                    .map(|w| serde_json::json!({"tenant_id": w.tenant_id, "call_id": w.call_id, "kind": w.kind, "attempts": w.attempts, "reason": w.reason}))
+                    .map(|w| {
+                        serde_json::json!({
+                            "tenant_id": w.tenant_id, "call_id": w.call_id, "kind": w.kind, "payload": w.payload,
+                            "attempts": w.attempts, "reason": w.reason, "created_at": w.created_at,
+                        })
+                    })
                     .collect();
                 println!("{}", serde_json::json!({ "events": events, "work": work }));
                 return Ok(());
@@ -272,7 +277,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                     e.reason
                 );
             }
-            println!("function work ({}):", work.len());
+            println!("function work and refused events ({}):", work.len());
             for w in &work {
                 println!("  {} {} {} attempts={}: {}", w.tenant_id, w.call_id, w.kind, w.attempts, w.reason);
             }

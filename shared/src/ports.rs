@@ -82,6 +82,49 @@ pub trait StateStore: Send + Sync {
 
     /// Give a claim back after a failure, so the next delivery may claim it at once.
     async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()>;
+
+    /// Keep an event a stage refused for good (a poison event: no such call, a malformed object, a foreign
+    /// tenant prefix) as a dead letter with its reason. Recording the same event again (a redelivery) adds
+    /// nothing: `false` then.
+    async fn dead_letter_event(&self, event: RefusedEvent) -> PortResult<bool>;
+
+    /// Dead letters, oldest first: failed work, refused events and stages given up on. `tenant` narrows to one.
+    async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>>;
+}
+
+/// An event a stage refused, as the dead letter keeps it. The ids are the event's claims, possibly wrong or
+/// empty (they are what made it poison), so they are plain strings here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedEvent {
+    /// The refusing function, e.g. `on-audio-uploaded`.
+    pub stage: String,
+    pub tenant_id: String,
+    pub call_id: String,
+    /// The event's identity (CloudEvent `source#id`, or bucket/name#generation): the same event is kept once.
+    pub event_key: String,
+    /// Enough of the event to inspect and replay it (its type, subject and data).
+    pub event: serde_json::Value,
+    pub reason: String,
+}
+
+impl RefusedEvent {
+    /// The dead letter's `kind` for events refused by `stage`.
+    pub fn kind(&self) -> String {
+        format!("event:{}", self.stage)
+    }
+}
+
+/// A dead letter as stored: failed work (`kind` = the work kind), a stage that gave up on a call (`kind` = the
+/// stage key's first part, e.g. `transcribe`), or a refused event (`event:{stage}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub tenant_id: String,
+    pub call_id: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempts: u32,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

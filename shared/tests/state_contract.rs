@@ -10,7 +10,7 @@ use callflow::adapters::sqlite::{Durability, SqliteStateStore};
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
-use callflow::ports::{Claim, StateStore};
+use callflow::ports::{Claim, RefusedEvent, StateStore};
 use chrono::Utc;
 
 fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
@@ -175,6 +175,54 @@ async fn stage_claims_are_once_per_key(store: Arc<dyn StateStore>) {
     assert_eq!(claimed, 1);
 }
 
+async fn dead_letters_keep_refused_events_once(store: Arc<dyn StateStore>) {
+    let refused = |key: &str, tenant: &str| RefusedEvent {
+        stage: "on-audio-uploaded".into(),
+        tenant_id: tenant.into(),
+        call_id: "CALnope".into(),
+        event_key: key.into(),
+        event: serde_json::json!({"type": "google.cloud.storage.object.v1.finalized", "data": {"name": "x"}}),
+        reason: "no such call".into(),
+    };
+    assert!(store.dead_letter_event(refused("recordings/acme/CALnope.mp3#1", "acme")).await.unwrap());
+    assert!(!store.dead_letter_event(refused("recordings/acme/CALnope.mp3#1", "acme")).await.unwrap(), "kept once");
+    // Untrusted ids: empty, or longer than any key column allows.
+    assert!(store.dead_letter_event(refused("k2", "")).await.unwrap());
+    assert!(store.dead_letter_event(refused("k3", &"t".repeat(300))).await.unwrap());
+    // A stage that gives up on a call dead-letters it with its key.
+    let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALgiveup").unwrap());
+    store.record_intake(event("acme", "CALgiveup", true)).await.unwrap();
+    let Claim::Claimed(claim) =
+        store.claim_stage(&tenant, &call, "transcribe:7", Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    let give_up = Completion {
+        transition: Some(Transition {
+            to: CallState::DeadLettered,
+            reason: Some("speech failed".into()),
+            recording_object: None,
+        }),
+        dead_letter: Some("speech failed 5 times".into()),
+        ..Completion::default()
+    };
+    assert!(store.finish_stage(&claim, give_up).await.unwrap());
+
+    let all = store.dead_letters(None, 100).await.unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    let acme = store.dead_letters(Some("acme"), 100).await.unwrap();
+    assert_eq!(acme.len(), 2);
+    let event = acme.iter().find(|d| d.kind == "event:on-audio-uploaded").unwrap();
+    assert_eq!(event.call_id, "CALnope");
+    assert_eq!(event.reason, "no such call");
+    assert_eq!(event.payload["event_key"], "recordings/acme/CALnope.mp3#1");
+    assert_eq!(event.payload["event"]["data"]["name"], "x");
+    let stage = acme.iter().find(|d| d.kind == "transcribe").unwrap();
+    assert_eq!((stage.call_id.as_str(), stage.attempts), ("CALgiveup", 1));
+    assert_eq!(stage.reason, "speech failed 5 times");
+    assert_eq!(store.dead_letters(None, 1).await.unwrap().len(), 1, "the limit holds");
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
@@ -209,6 +257,12 @@ async fn sqlite_transitions_never_move_backwards() {
 async fn sqlite_stage_claims_are_once_per_key() {
     let (_d, s) = sqlite().await;
     stage_claims_are_once_per_key(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_dead_letters_keep_refused_events_once() {
+    let (_d, s) = sqlite().await;
+    dead_letters_keep_refused_events_once(s).await;
 }
 
 #[tokio::test]
@@ -272,6 +326,13 @@ async fn spanner_transitions_never_move_backwards() {
 async fn spanner_stage_claims_are_once_per_key() {
     if let Some(s) = spanner().await {
         stage_claims_are_once_per_key(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_dead_letters_keep_refused_events_once() {
+    if let Some(s) = spanner().await {
+        dead_letters_keep_refused_events_once(s).await;
     }
 }
 

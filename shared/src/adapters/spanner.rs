@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{Claim, IntakeResult, PortError, PortResult, StageClaim, StateStore};
+use crate::ports::{Claim, DeadLetter, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim, StateStore};
 
 /// The schema files, in the order they are applied. A new file is a new migration; applied ones never change.
 pub const MIGRATIONS: &[(i64, &str)] = &[
@@ -481,6 +481,63 @@ impl StateStore for SpannerStateStore {
             })
         })
         .await
+    }
+
+    async fn dead_letter_event(&self, event: RefusedEvent) -> PortResult<bool> {
+        use sha2::{Digest, Sha256};
+        // The id is the event's: recording the same event twice finds the first row instead of adding one.
+        let digest = Sha256::digest(format!("{}\n{}", event.kind(), event.event_key));
+        let id = (u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) >> 1) as i64;
+        // Key columns are bounded; the ids of a refused event are untrusted strings.
+        let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        let (tenant, call) = (clip(&event.tenant_id, 63), clip(&event.call_id, 64));
+        let payload = serde_json::json!({"event_key": event.event_key, "event": event.event}).to_string();
+        let kind = clip(&event.kind(), 32);
+        self.rw(|tx| {
+            let (tenant, call, payload, kind, reason) =
+                (tenant.clone(), call.clone(), payload.clone(), kind.clone(), event.reason.clone());
+            Box::pin(async move {
+                let key = Key::composite(&[&tenant.as_str(), &id]);
+                if tx.read_row("dead_letters", &["id"], key).await?.is_some() {
+                    return Ok(false);
+                }
+                tx.buffer_write(vec![insert(
+                    "dead_letters",
+                    &["tenant_id", "id", "call_id", "kind", "payload", "attempts", "reason", "created_at"],
+                    &[&tenant, &id, &call, &kind, &payload, &1i64, &reason, &ts(Utc::now())],
+                )]);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let mut stmt = Statement::new(
+            "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at FROM dead_letters
+             WHERE @tenant IS NULL OR tenant_id = @tenant ORDER BY created_at, id LIMIT @limit",
+        );
+        stmt.add_param("tenant", &tenant.map(str::to_owned));
+        stmt.add_param("limit", &(limit as i64));
+        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+            let read = || -> Result<DeadLetter, SpannerError> {
+                let payload: String = row.column_by_name("payload")?;
+                Ok(DeadLetter {
+                    tenant_id: row.column_by_name("tenant_id")?,
+                    call_id: row.column_by_name("call_id")?,
+                    kind: row.column_by_name("kind")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+                    attempts: row.column_by_name::<i64>("attempts")? as u32,
+                    reason: row.column_by_name("reason")?,
+                    created_at: from_ts(row.column_by_name("created_at")?),
+                })
+            };
+            out.push(read().map_err(port_err)?);
+        }
+        Ok(out)
     }
 
     async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()> {

@@ -5,5 +5,5 @@ mod state;
 mod writer;
 
 pub use analytics::SqliteAnalytics;
-pub use state::{DeadLetter, SqliteStateStore};
+pub use state::SqliteStateStore;
 pub use writer::{Durability, Writer, open as open_connection};

@@ -13,7 +13,7 @@ use super::writer::{self, Durability, Writer};
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{Claim, IntakeResult, PortError, PortResult, StageClaim, StateStore};
+use crate::ports::{Claim, DeadLetter, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim, StateStore};
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS calls (
@@ -75,15 +75,6 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     PRIMARY KEY (tenant_id, call_id, stage_key)
 ) WITHOUT ROWID;
 ";
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub tenant_id: String,
-    pub call_id: String,
-    pub kind: String,
-    pub attempts: u32,
-    pub reason: String,
-}
 
 #[derive(Clone)]
 pub struct SqliteStateStore {
@@ -246,26 +237,6 @@ impl SqliteStateStore {
         self.writer
             .write(|c| c.execute("UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL", []))
             .await
-    }
-
-    pub async fn dead_letters(&self, tenant: Option<TenantId>) -> PortResult<Vec<DeadLetter>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT tenant_id, call_id, kind, attempts, reason FROM dead_letters
-                 WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_ref().map(TenantId::as_str)], |r| {
-                Ok(DeadLetter {
-                    tenant_id: r.get(0)?,
-                    call_id: r.get(1)?,
-                    kind: r.get(2)?,
-                    attempts: r.get(3)?,
-                    reason: r.get(4)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
     }
 
     /// Work items still queued (any kind), for tests and the ops view.
@@ -446,6 +417,53 @@ impl StateStore for SqliteStateStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn dead_letter_event(&self, event: RefusedEvent) -> PortResult<bool> {
+        let payload = serde_json::json!({"event_key": event.event_key, "event": event.event}).to_string();
+        self.writer
+            .write(move |c| {
+                let kind = event.kind();
+                let seen = c
+                    .prepare_cached(
+                        "SELECT 1 FROM dead_letters WHERE tenant_id = ?1 AND call_id = ?2 AND kind = ?3 AND payload = ?4",
+                    )?
+                    .exists(params![event.tenant_id, event.call_id, kind, payload])?;
+                if seen {
+                    return Ok(false);
+                }
+                c.prepare_cached(
+                    "INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
+                )?
+                .execute(params![event.tenant_id, event.call_id, kind, payload, event.reason, rfc3339(Utc::now())])?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>> {
+        let tenant = tenant.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at FROM dead_letters
+                 WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![tenant, limit as i64], |r| {
+                let payload: String = r.get(3)?;
+                Ok(DeadLetter {
+                    tenant_id: r.get(0)?,
+                    call_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+                    attempts: r.get(4)?,
+                    reason: r.get(5)?,
+                    created_at: parse_time(&r.get::<_, String>(6)?)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn complete_batch(&self, items: &[WorkItem]) -> PortResult<usize> {
