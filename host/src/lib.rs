@@ -8,28 +8,51 @@ use std::sync::Arc;
 
 use callflow::adapters::local_router::LocalRouter;
 use callflow::runtime::embedded::Embedded;
-use on_webhook::Settings;
+
+/// Every hosted function's settings, read from one environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub webhook: on_webhook::Settings,
+    pub audio: on_audio_uploaded::Settings,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            webhook: on_webhook::Settings::from_lookup(&var)?,
+            audio: on_audio_uploaded::Settings::from_lookup(&var)?,
+        })
+    }
+}
 
 pub struct Host {
     pub embedded: Embedded,
     pub router: Arc<LocalRouter>,
     /// The public function: CallRail and form webhooks.
     pub webhook: on_webhook::Service,
-    pub settings: Settings,
+    pub audio: on_audio_uploaded::Service,
+    /// The webhook's settings: the host serves on its port and drains with its window.
+    pub settings: on_webhook::Settings,
 }
 
 /// Concurrent deliveries per function (Cloud Run's per-instance concurrency plays this part there).
 pub const DELIVERY_CONCURRENCY: usize = 8;
 
 impl Host {
-    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn open(all: Settings) -> anyhow::Result<Self> {
+        let settings = all.webhook;
         let embedded =
             Embedded::open(&settings.data_dir, &settings.tenants_file, settings.triggers.clone(), settings.durability)?;
         embedded.router.release_leases().await?;
         let router = embedded.router.clone();
         let webhook = on_webhook::Service::with_embedded(&embedded, &settings).await?;
-        // Trigger destinations, one line each, as their stages land:
-        //   router.host("on-audio-uploaded", on_audio_uploaded::app(...), DELIVERY_CONCURRENCY);
+        let audio = on_audio_uploaded::Service::with_embedded(&embedded, &all.audio);
+        // Trigger destinations, one line each, as their stages land.
+        router.host("on-audio-uploaded", on_audio_uploaded::app(audio.clone()), DELIVERY_CONCURRENCY);
         for t in router.unhosted_triggers() {
             tracing::info!(
                 trigger = %t.name,
@@ -37,6 +60,6 @@ impl Host {
                 "no function for this trigger in this host yet; its events are kept until one is hosted"
             );
         }
-        Ok(Self { embedded, router, webhook, settings })
+        Ok(Self { embedded, router, webhook, audio, settings })
     }
 }

@@ -107,8 +107,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve_all() -> anyhow::Result<()> {
-    let settings = on_webhook::Settings::from_env()?;
-    let host = callflow_host::Host::open(settings).await?;
+    let host = callflow_host::Host::open(callflow_host::Settings::from_env()?).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let outbox = tokio::spawn(on_webhook::outbox::run(host.webhook.clone(), stop_rx.clone()));
     let router = tokio::spawn(host.router.clone().run(stop_rx));

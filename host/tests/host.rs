@@ -20,14 +20,14 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn settings(data: &Path, callrail: &str) -> on_webhook::Settings {
+fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
     let vars = [
         ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
         ("CALLFLOW_DATA_DIR", data.display().to_string()),
         ("CALLFLOW_TENANTS", repo().join("fixtures/tenants.toml").display().to_string()),
         ("CALLFLOW_CALLRAIL_API", callrail.to_owned()),
     ];
-    on_webhook::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
+    callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
 }
 
 async fn fake_callrail() -> MockServer {
@@ -46,8 +46,12 @@ async fn fake_callrail() -> MockServer {
     mock
 }
 
+/// CallRail's post-call webhook, with CallRail's own transcript of the call (so no speech engine is involved).
 fn webhook() -> Request<Body> {
-    let body = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
+    let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+    json["transcription"] = "Agent: Acme Remodeling.\nCaller: I need my kitchen cabinets replaced.".into();
+    let body = serde_json::to_vec(&json).unwrap();
     Request::post("/webhooks/callrail/acme-remodeling")
         .header("content-type", "application/json")
         .header("signature", sign_callrail(KEY, &body))
@@ -76,10 +80,14 @@ async fn a_stored_recording_is_one_finalize_event_per_generation_for_the_next_st
     let body: serde_json::Value = serde_json::from_slice(&ev.body).unwrap();
     assert_eq!(body["generation"], head.generation.to_string());
     assert_eq!(body["metadata"]["call_id"], CALL);
-    // on-audio-uploaded is not hosted yet: the event waits; it is neither delivered nor dead-lettered.
-    assert!(host.router.deliver_due().await.is_empty());
-    assert_eq!(host.router.pending().await.unwrap().len(), 1);
+    // on-audio-uploaded is hosted: the event is delivered once and acknowledged.
+    let delivered = host.router.deliver_due().await;
+    assert!(matches!(delivered[..], [callflow::adapters::local_router::Delivery::Acked]), "{delivered:?}");
     assert!(host.router.dead_letters().await.unwrap().is_empty());
+    let (info, transcript) =
+        host.embedded.objects.get("transcripts", &format!("acme-remodeling/{CALL}.json")).await.unwrap().unwrap();
+    assert_eq!(info.metadata["engine"], "callrail");
+    assert!(String::from_utf8_lossy(&transcript).contains("kitchen cabinets"));
 }
 
 fn free_port() -> u16 {
@@ -115,18 +123,17 @@ async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let resp = client.post(format!("{base}{}", parts.uri)).headers(parts.headers).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let db = dir.path().join("router.sqlite");
+    // Through the chain as far as it goes: recording fetched, routed to on-audio-uploaded, transcribed.
+    let db = dir.path().join("state.sqlite");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let n: i64 = rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row("SELECT COUNT(*) FROM events WHERE trigger = 'recording-finalized'", [], |r| r.get(0))
-            })
-            .unwrap_or(0);
-        if n == 1 {
+        let state: String = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT state FROM calls", [], |r| r.get(0)))
+            .unwrap_or_default();
+        if state == "transcribed" {
             break;
         }
-        assert!(Instant::now() < deadline, "the recording's finalize event never reached the router");
+        assert!(Instant::now() < deadline, "the call never reached transcribed (last seen {state:?})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let list = Command::new(env!("CARGO_BIN_EXE_callflow"))

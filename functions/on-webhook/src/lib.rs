@@ -19,6 +19,7 @@ use callflow::ports::{
     AnalyticsSink, CallRailClient, Clock, ObjectStore, SecretSource, StateStore, SystemClock, TenantDirectory,
 };
 use callflow::runtime::ApiError;
+use callflow::runtime::config::{Common, parse};
 use callflow::runtime::embedded::Embedded;
 use callflow::runtime::google::{Google, GoogleConfig};
 
@@ -56,24 +57,13 @@ impl Settings {
 
     /// Settings from any source of variables (the environment in production; a map in tests).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        fn parse<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> anyhow::Result<T> {
-            match value {
-                Some(v) if !v.is_empty() => v.parse().map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
-                _ => Ok(default),
-            }
-        }
-        let eventarc_dir: PathBuf = parse("CALLFLOW_EVENTARC", var("CALLFLOW_EVENTARC"), PathBuf::from("eventarc"))?;
-        let environment: String = parse("CALLFLOW_ENVIRONMENT", var("CALLFLOW_ENVIRONMENT"), "embedded".to_owned())?;
-        let triggers = callflow::eventarc::load(&eventarc_dir, &environment)?;
-        let triggers_env_is_embedded = environment == "embedded";
+        let common = Common::from_lookup(&var)?;
         Ok(Self {
-            port: parse("PORT", var("PORT"), 8080)?,
-            data_dir: parse("CALLFLOW_DATA_DIR", var("CALLFLOW_DATA_DIR"), PathBuf::from(".data"))?,
-            tenants_file: parse("CALLFLOW_TENANTS", var("CALLFLOW_TENANTS"), PathBuf::from("fixtures/tenants.toml"))?,
-            recordings_bucket: triggers.bucket("recordings").map(str::to_owned).ok_or_else(|| {
-                anyhow::anyhow!("environment {:?} binds no bucket to the role \"recordings\"", triggers.environment)
-            })?,
-            triggers,
+            recordings_bucket: common.bucket("recordings")?,
+            port: common.port,
+            data_dir: common.data_dir,
+            tenants_file: common.tenants_file,
+            triggers: common.triggers,
             callrail_api: parse("CALLFLOW_CALLRAIL_API", var("CALLFLOW_CALLRAIL_API"), DEFAULT_BASE_URL.to_owned())?,
             callrail_api_timeout: Duration::from_millis(parse(
                 "CALLFLOW_CALLRAIL_TIMEOUT_MS",
@@ -103,9 +93,9 @@ impl Settings {
                 30,
             )?,
             trust_forwarded_for: parse("CALLFLOW_TRUST_FORWARDED_FOR", var("CALLFLOW_TRUST_FORWARDED_FOR"), false)?,
-            drain: Duration::from_secs(8),
-            durability: Durability::parse(var("CALLFLOW_SQLITE_SYNC").as_deref()),
-            google: if triggers_env_is_embedded { None } else { Some(GoogleConfig::from_lookup(&var)?) },
+            drain: common.drain,
+            durability: common.durability,
+            google: common.google,
         })
     }
 }

@@ -28,8 +28,7 @@ use tracing::Instrument;
 use crate::Service;
 
 const FETCH_LEASE: Duration = Duration::from_secs(600);
-const ANALYTICS_LEASE: Duration = Duration::from_secs(60);
-const ANALYTICS_BATCH: usize = 500;
+use callflow::runtime::analytics_outbox::BATCH as ANALYTICS_BATCH;
 const IDLE_POLL: Duration = Duration::from_secs(5);
 pub const STAGE: &str = "on-webhook";
 
@@ -80,6 +79,8 @@ fn fetch_row(
         bytes: end.bytes,
         cost_usd: None,
         reason: end.reason,
+        engine: None,
+        audio_secs: None,
     }
     .into_row(&item.id.to_string());
     analytics_work(&row)
@@ -257,49 +258,8 @@ async fn dead_letter(
 
 /// Send due analytics rows to the sink in one batch. Returns how many were delivered.
 pub async fn flush_analytics(service: &Service) -> usize {
-    let items = match service.ports.state.claim_work(&[WorkKind::Analytics], ANALYTICS_BATCH, ANALYTICS_LEASE).await {
-        Ok(items) if !items.is_empty() => items,
-        Ok(_) => return 0,
-        Err(e) => {
-            tracing::error!(error = %e, "claiming analytics rows failed");
-            return 0;
-        }
-    };
-    let (mut rows, mut good) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
-    for item in items {
-        match serde_json::from_value::<AnalyticsRow>(item.payload.clone()) {
-            Ok(row) => {
-                rows.push(row);
-                good.push(item);
-            }
-            Err(e) => {
-                let poison =
-                    Completion { dead_letter: Some(format!("unreadable analytics row: {e}")), ..Completion::default() };
-                let _ = service.ports.state.complete_work(&item, poison).await;
-            }
-        }
-    }
-    match service.ports.analytics.insert(&rows).await {
-        // If this fails the rows are delivered again when their lease ends; the sink drops them by insert_id.
-        Ok(()) => service.ports.state.complete_batch(&good).await.unwrap_or(0),
-        Err(e) => {
-            tracing::warn!(error = %e, rows = rows.len(), "analytics insert failed; will retry");
-            let policy = callflow::domain::work::RetryPolicy {
-                max_attempts: u32::MAX,
-                base: Duration::from_secs(1),
-                max: Duration::from_secs(300),
-            };
-            for item in &good {
-                let delay = policy.next_delay(item.attempts, unit_random(), None).unwrap_or(policy.max);
-                let _ = service
-                    .ports
-                    .state
-                    .retry_work(item, not_before(service.ports.clock.now(), delay), &e.message)
-                    .await;
-            }
-            0
-        }
-    }
+    let p = &service.ports;
+    callflow::runtime::analytics_outbox::flush(p.state.as_ref(), p.analytics.as_ref(), p.clock.as_ref()).await
 }
 
 /// Process every due item once, waiting for the fetches (bounded concurrency). Used by the drain endpoint and

@@ -194,3 +194,60 @@ impl Transcriber for SpeechToText {
         Ok(self.recognized(audio, results, billed))
     }
 }
+
+/// Where Speech-to-Text is, from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeechConfig {
+    /// `https://{location}-speech.googleapis.com` by default. A plain `http://` endpoint (a local fake) gets
+    /// anonymous credentials: tokens never travel unencrypted.
+    pub endpoint: String,
+    pub project: String,
+    pub location: String,
+    pub model: String,
+}
+
+impl SpeechConfig {
+    pub fn regional(project: &str, location: &str, model: &str) -> Self {
+        Self {
+            endpoint: format!("https://{location}-speech.googleapis.com"),
+            project: project.to_owned(),
+            location: location.to_owned(),
+            model: model.to_owned(),
+        }
+    }
+}
+
+/// Speech-to-Text, connected at first use: a process that never transcribes with it (the embedded default, where
+/// tenants use the offline engine) needs no Google credentials. A failed connection is retried at the next use.
+pub struct LazySpeechToText {
+    config: SpeechConfig,
+    client: tokio::sync::OnceCell<SpeechToText>,
+}
+
+impl LazySpeechToText {
+    pub fn new(config: SpeechConfig) -> Self {
+        Self { config, client: tokio::sync::OnceCell::new() }
+    }
+
+    async fn client(&self) -> Result<&SpeechToText, VendorError> {
+        self.client
+            .get_or_try_init(|| async {
+                let c = &self.config;
+                let credentials = c
+                    .endpoint
+                    .starts_with("http://")
+                    .then(|| google_cloud_auth::credentials::anonymous::Builder::new().build());
+                SpeechToText::with(&c.endpoint, credentials, &c.project, &c.location, &c.model, Duration::from_secs(5))
+                    .await
+            })
+            .await
+            .map_err(|e| VendorError::Transport(format!("Speech-to-Text client: {e:#}")))
+    }
+}
+
+#[async_trait]
+impl Transcriber for LazySpeechToText {
+    async fn transcribe(&self, audio: &AudioRef, data: Option<Bytes>) -> Result<Recognized, VendorError> {
+        self.client().await?.transcribe(audio, data).await
+    }
+}

@@ -83,6 +83,9 @@ pub struct StageEvent<'a> {
     pub bytes: Option<u64>,
     pub cost_usd: Option<f64>,
     pub reason: Option<&'a str>,
+    /// The engine or model that did the work (transcription, analysis).
+    pub engine: Option<&'a str>,
+    pub audio_secs: Option<f64>,
 }
 
 impl StageEvent<'_> {
@@ -117,6 +120,8 @@ impl StageEvent<'_> {
         put("bytes", json!(self.bytes));
         put("cost_usd", json!(self.cost_usd));
         put("reason", json!(self.reason));
+        put("engine", json!(self.engine));
+        put("audio_secs", json!(self.audio_secs));
         let insert_id = format!("{}:{}:{}:{}:{}", c.tenant_id, c.call_id, self.stage, self.outcome, discriminator);
         fields.insert("insert_id".into(), json!(insert_id));
         AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id, fields }
@@ -157,6 +162,8 @@ mod tests {
             bytes: Some(2279),
             cost_usd: None,
             reason: None,
+            engine: None,
+            audio_secs: None,
         }
         .into_row("post_call");
         let columns: Vec<String> = stage_events_schema().into_iter().map(|c| c.name).collect();

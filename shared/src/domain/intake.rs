@@ -89,6 +89,8 @@ fn analytics_work(record: &CallRecord, outcome: IntakeOutcome, event: &IntakeEve
         bytes: Some(event.payload_bytes),
         cost_usd: None,
         reason: record.state_reason.as_deref(),
+        engine: None,
+        audio_secs: None,
     }
     .into_row(&event.dedupe_key);
     NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(&row).expect("analytics rows serialize") }

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod intake;
 pub mod pii;
 pub mod signature;
+pub mod stage_object;
 pub mod tenant;
 pub mod transcript;
 pub mod work;

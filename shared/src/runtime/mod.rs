@@ -2,8 +2,10 @@
 //! Cloud Logging's format with trace correlation, error mapping, body limits, CloudEvents intake in all three
 //! shapes, `/healthz`, and a server that drains in-flight requests on SIGTERM.
 
+pub mod analytics_outbox;
 pub mod body;
 pub mod cloudevent;
+pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod google;

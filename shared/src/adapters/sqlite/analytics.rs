@@ -37,6 +37,16 @@ fn create_table(name: &str, columns: &[ColumnSchema]) -> String {
     format!("CREATE TABLE IF NOT EXISTS {name} ({})", cols.join(", "))
 }
 
+/// Schemas only ever gain NULLABLE columns (as BigQuery allows); a file made by an older version gets them here.
+fn add_new_columns(conn: &rusqlite::Connection, table: &str, columns: &[ColumnSchema]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let existing: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for c in columns.iter().filter(|c| !existing.contains(&c.name)) {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {} {}", c.name, sql_type(&c.kind)))?;
+    }
+    Ok(())
+}
+
 fn to_sql(v: &Value) -> SqlValue {
     match v {
         Value::Null => SqlValue::Null,
@@ -56,6 +66,7 @@ impl SqliteAnalytics {
         let tables = vec![(STAGE_EVENTS_TABLE.to_owned(), stage_events_schema())];
         for (name, cols) in &tables {
             conn.execute_batch(&create_table(name, cols))?;
+            add_new_columns(&conn, name, cols)?;
         }
         Ok(Self { writer: Writer::start(conn, "analytics"), tables: tables.into() })
     }
@@ -91,5 +102,44 @@ impl AnalyticsSink for SqliteAnalytics {
                 Ok(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_file_from_an_older_schema_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("analytics.sqlite");
+        let old: Vec<ColumnSchema> = stage_events_schema()
+            .into_iter()
+            .filter(|c| !["engine", "audio_secs"].contains(&c.name.as_str()))
+            .collect();
+        rusqlite::Connection::open(&path).unwrap().execute_batch(&create_table(STAGE_EVENTS_TABLE, &old)).unwrap();
+
+        let sink = SqliteAnalytics::open(&path, Durability::Full).unwrap();
+        let mut fields = serde_json::Map::new();
+        for (k, v) in [
+            ("insert_id", json!("r1")),
+            ("event_time", json!("2026-11-22T10:00:00Z")),
+            ("tenant_id", json!("acme")),
+            ("call_id", json!("CAL1")),
+            ("stage", json!("on-audio-uploaded")),
+            ("outcome", json!("transcribed")),
+            ("engine", json!("pocketsphinx/en-us")),
+            ("audio_secs", json!(42.5)),
+        ] {
+            fields.insert(k.into(), v);
+        }
+        sink.insert(&[AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: "r1".into(), fields }])
+            .await
+            .unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (engine, secs): (String, f64) =
+            conn.query_row("SELECT engine, audio_secs FROM stage_events", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((engine.as_str(), secs), ("pocketsphinx/en-us", 42.5));
     }
 }
