@@ -179,3 +179,78 @@ fn invalid_trigger_definitions_stop_start_up_naming_the_file_trigger_and_field()
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("triggers.toml: trigger \"crm-retry\", field \"retry.max_delivery_attempts\""), "{err}");
 }
+
+fn speech_tools_present() -> bool {
+    let present = ["pocketsphinx_continuous", "sox", "flite"].iter().all(|t| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    assert!(
+        present || std::env::var("CALLFLOW_SPEECH_TOOLS").as_deref() != Ok("required"),
+        "CALLFLOW_SPEECH_TOOLS=required but pocketsphinx, sox or flite is missing: run scripts/install-speech-tools"
+    );
+    if !present {
+        eprintln!("skipped: no offline speech tools (scripts/install-speech-tools)");
+    }
+    present
+}
+
+/// A caller's request spoken by flite and encoded as MP3, as CallRail serves recordings.
+fn spoken_mp3(dir: &Path) -> Vec<u8> {
+    let (wav, mp3) = (dir.join("call.wav"), dir.join("call.mp3"));
+    let text = "Hi, I need a quote for a kitchen remodel with new cabinets. Please call me back tomorrow.";
+    assert!(Command::new("flite").args(["-voice", "slt", "-t", text, "-o"]).arg(&wav).status().unwrap().success());
+    assert!(Command::new("sox").arg(&wav).args(["-r", "16000", "-C", "64"]).arg(&mp3).status().unwrap().success());
+    std::fs::read(&mp3).unwrap()
+}
+
+/// The embedded chain on defaults: webhook → recording fetched from CallRail → routed to on-audio-uploaded →
+/// transcribed by the offline engine (the embedded default) → transcript object for the next stage.
+#[tokio::test]
+async fn a_spoken_call_is_transcribed_offline_through_the_embedded_chain() {
+    if !speech_tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mp3 = spoken_mp3(dir.path());
+    let mock = MockServer::start().await;
+    let url = format!("{}/audio/{CALL}.mp3", mock.uri());
+    Mock::given(method("GET"))
+        .and(path_regex("recording.json$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "url": url })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex("/audio/"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(mp3, "audio/mpeg"))
+        .mount(&mock)
+        .await;
+    let host = callflow_host::Host::open(settings(&dir.path().join("data"), &mock.uri())).await.unwrap();
+    let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
+    let req = Request::post("/webhooks/callrail/acme-remodeling")
+        .header("content-type", "application/json")
+        .header("signature", sign_callrail(KEY, &fixture))
+        .body(Body::from(fixture))
+        .unwrap();
+    assert_eq!(on_webhook::app(host.webhook.clone()).oneshot(req).await.unwrap().status(), 200);
+    on_webhook::outbox::drain_pass(&host.webhook).await;
+    let delivered = host.router.deliver_due().await;
+    assert!(matches!(delivered[..], [callflow::adapters::local_router::Delivery::Acked]), "{delivered:?}");
+
+    let (info, body) =
+        host.embedded.objects.get("transcripts", &format!("acme-remodeling/{CALL}.json")).await.unwrap().unwrap();
+    let transcript: callflow::domain::transcript::Transcript = serde_json::from_slice(&body).unwrap();
+    assert_eq!((transcript.engine.as_str(), info.metadata["quality"].as_str()), ("pocketsphinx/en-us", "low"));
+    let text = transcript.text().to_lowercase();
+    for word in ["kitchen", "remodel", "cabinets"] {
+        assert!(text.contains(word), "{word:?} not heard in {text:?}");
+    }
+    let call = callflow::ports::StateStore::call(
+        host.embedded.state.as_ref(),
+        &callflow::domain::TenantId::parse("acme-remodeling").unwrap(),
+        &callflow::domain::CallId::parse(CALL).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(call.state, callflow::domain::CallState::Transcribed);
+}

@@ -4,6 +4,10 @@
 //! analytics row in the BigQuery emulator, and a storage CloudEvent at the next stage's URL; a message on
 //! `analysis-complete` reaches its function through a real Pub/Sub push subscription.
 //!
+//! on-audio-uploaded runs as a third process: Speech-to-Text (a local fake with the API's shapes: no emulator
+//! exists) reads the recording by its gs:// name, the transcript lands in the transcripts bucket, the call moves
+//! to `transcribed` in Spanner, and the transcript's own finalize event reaches the next stage's URL.
+//!
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
 use std::path::{Path, PathBuf};
@@ -71,7 +75,7 @@ fn sibling_binary(name: &str) -> PathBuf {
 #[derive(Clone, Default)]
 struct Inbox(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
 
-/// Stands in for the functions that do not exist yet (on-audio-uploaded, on-analysis): records what arrives.
+/// Stands in for the functions that do not exist yet (on-transcript, on-analysis): records what arrives.
 async fn receiver() -> (String, Inbox) {
     let inbox = Inbox::default();
     let app = axum::Router::new().fallback(post({
@@ -147,6 +151,29 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .respond_with(ResponseTemplate::new(200).set_body_raw(&b"ID3 topology"[..], "audio/mpeg"))
         .mount(&callrail)
         .await;
+    // The other vendor: Speech-to-Text v2, answering Recognize for a call under a minute with two speakers.
+    let speech = MockServer::start().await;
+    let word = |w: &str, start: f64, speaker: &str| {
+        json!({"startOffset": format!("{start:.1}s"), "endOffset": format!("{:.1}s", start + 0.4), "word": w,
+               "confidence": 0.9, "speakerLabel": speaker})
+    };
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v2/projects/callflow-emulators/locations/us/recognizers/_:recognize$"))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"uri": format!("gs://callflow-recordings/acme-remodeling/{call}.mp3")}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "results": [{
+                "alternatives": [{"transcript": "Acme Remodeling. I need a new roof.", "words": [
+                    word("Acme", 0.2, "1"), word("Remodeling.", 0.6, "1"), word("I", 2.0, "2"), word("need", 2.4, "2"),
+                    word("a", 2.8, "2"), word("new", 3.2, "2"), word("roof.", 3.6, "2")]}],
+                "resultEndOffset": "4.0s", "languageCode": "en-us"
+            }],
+            "metadata": {"totalBilledDuration": "45s"}
+        })))
+        .expect(1)
+        .mount(&speech)
+        .await;
 
     // The processes: on-webhook on its own port over Spanner/GCS/BigQuery, and the storage watcher.
     let port = free_port();
@@ -165,11 +192,28 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .spawn()
             .unwrap(),
     );
+    let audio_port = free_port();
+    let _audio = Process(
+        Command::new(sibling_binary("on-audio-uploaded"))
+            .current_dir(repo())
+            .env("PORT", audio_port.to_string())
+            .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_SPANNER_DATABASE", &database)
+            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
+            .env("CALLFLOW_TRANSCRIBER", "google")
+            .env("CALLFLOW_SPEECH_ENDPOINT", speech.uri())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let _watcher = Process(
         Command::new(env!("CARGO_BIN_EXE_callflow"))
             .current_dir(repo())
             .args(["watch-storage", "--interval-ms", "100", "--deliver"])
-            .arg(format!("on-audio-uploaded={stand_in}"))
+            .arg(format!("on-audio-uploaded=http://127.0.0.1:{audio_port}"))
+            .arg("--deliver")
+            .arg(format!("on-transcript={stand_in}"))
             .env("CALLFLOW_ENVIRONMENT", "emulators")
             .env("CALLFLOW_DATA_DIR", watcher_dir.path())
             .stdout(Stdio::null())
@@ -188,7 +232,10 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     // The webhook, signed as CallRail signs it.
     let body = std::fs::read_to_string(repo().join("fixtures/callrail/post-call-resource-ids.json"))
         .unwrap()
-        .replace(FIXTURE_CALL, &call);
+        .replace(FIXTURE_CALL, &call)
+        .replace(r#""duration": "187""#, r#""duration": "45""#)
+        .replace(r#""recording_duration": "181""#, r#""recording_duration": "44""#);
+    assert!(body.contains(r#""duration": "45""#), "the fixture's duration was replaced");
     let sent = Instant::now();
     let answer = http
         .post(format!("{base}/webhooks/callrail/acme-remodeling"))
@@ -209,32 +256,45 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .unwrap();
     assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true, "a redelivery is a duplicate");
 
-    // Spanner: the call, moved on once its recording was stored.
-    let state = SpannerStateStore::connect(&database).await.unwrap();
-    let (tenant, call_id) = (TenantId::parse("acme-remodeling").unwrap(), CallId::parse(&call).unwrap());
-    let record = wait_for("the call to reach recording_stored", Duration::from_secs(30), async || {
-        state.call(&tenant, &call_id).await.unwrap().filter(|c| c.state == CallState::RecordingStored)
-    })
-    .await;
-    eprintln!("webhook → recording stored: {} ms", sent.elapsed().as_millis());
-
     // GCS: the recording, with its metadata.
     let objects = GcsObjectStore::connect().await.unwrap();
     let name = format!("acme-remodeling/{call}.mp3");
-    let (info, data) = objects.get("callflow-recordings", &name).await.unwrap().expect("the recording object");
+    let (info, data) = wait_for("the recording object", Duration::from_secs(30), async || {
+        objects.get("callflow-recordings", &name).await.unwrap()
+    })
+    .await;
     assert_eq!(&data[..], b"ID3 topology");
     assert_eq!(info.metadata.get("call_id").map(String::as_str), Some(call.as_str()));
+
+    // Spanner: the call, transcribed once the watcher delivered the recording's event to on-audio-uploaded.
+    let state = SpannerStateStore::connect(&database).await.unwrap();
+    let (tenant, call_id) = (TenantId::parse("acme-remodeling").unwrap(), CallId::parse(&call).unwrap());
+    let record = wait_for("the call to reach transcribed", Duration::from_secs(60), async || {
+        state.call(&tenant, &call_id).await.unwrap().filter(|c| c.state == CallState::Transcribed)
+    })
+    .await;
+    eprintln!("webhook → transcribed: {} ms", sent.elapsed().as_millis());
     assert_eq!(record.recording_object.as_deref().map(|o| o.contains(&name)), Some(true));
 
-    // The storage watcher: one finalize CloudEvent for that generation at on-audio-uploaded's URL.
-    let event = wait_for("the finalize event", Duration::from_secs(30), async || {
-        inbox.0.lock().unwrap().iter().find(|(_, b)| b["name"] == name.as_str()).cloned()
+    // GCS: the transcript, diarized, made from that very generation.
+    let transcript_name = format!("acme-remodeling/{call}.json");
+    let (t_info, t_data) = objects.get("callflow-transcripts", &transcript_name).await.unwrap().expect("transcript");
+    let transcript: Value = serde_json::from_slice(&t_data).unwrap();
+    assert_eq!(transcript["engine"], "google-speech-v2/chirp_3");
+    assert_eq!(transcript["segments"][0]["speaker"], "business");
+    assert_eq!(transcript["segments"][1]["speaker"], "caller");
+    assert_eq!(transcript["segments"][1]["text"], "I need a new roof.");
+    assert_eq!(t_info.metadata.get("recording_generation"), Some(&info.generation.to_string()));
+
+    // The storage watcher: the transcript's finalize CloudEvent at on-transcript's URL.
+    let event = wait_for("the transcript's finalize event", Duration::from_secs(30), async || {
+        inbox.0.lock().unwrap().iter().find(|(_, b)| b["name"] == transcript_name.as_str()).cloned()
     })
     .await;
     assert_eq!(event.0["ce-type"], "google.cloud.storage.object.v1.finalized");
-    assert_eq!(event.0["ce-subject"], format!("objects/{name}").as_str());
-    assert_eq!(event.1["generation"], info.generation.to_string());
-    assert_eq!(event.1["bucket"], "callflow-recordings");
+    assert_eq!(event.0["ce-subject"], format!("objects/{transcript_name}").as_str());
+    assert_eq!(event.1["generation"], t_info.generation.to_string());
+    assert_eq!(event.1["bucket"], "callflow-transcripts");
 
     // BigQuery: the intake's analytics row (and the fetch's), streamed by on-webhook.
     let bigquery = std::env::var("BIGQUERY_EMULATOR_HOST").unwrap();
@@ -257,10 +317,10 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .ok()?;
         let outcomes: Vec<String> =
             answer["rows"].as_array()?.iter().filter_map(|r| r["f"][0]["v"].as_str().map(str::to_owned)).collect();
-        (outcomes.len() >= 2).then_some(outcomes)
+        (outcomes.len() >= 3).then_some(outcomes)
     })
     .await;
-    assert_eq!(outcomes, ["created", "recording_stored"]);
+    assert_eq!(outcomes, ["created", "recording_stored", "transcribed"]);
 
     // Pub/Sub: a message on analysis-complete is pushed to on-analysis's URL (raw push envelope, no ce-*).
     let message = json!({"messages": [{"data": "eyJzY2hlbWFfdmVyc2lvbiI6MX0=", "attributes": {"tenant_id": "acme"}}]});
