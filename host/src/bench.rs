@@ -18,7 +18,7 @@ use callflow::runtime::cloudevent::Incoming;
 use futures::StreamExt;
 
 /// User + system CPU time of this process, from /proc (clock ticks of 10 ms: use over runs of seconds).
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -30,7 +30,7 @@ fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

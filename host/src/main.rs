@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_adapters;
+mod bench_stage;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]
@@ -48,6 +49,13 @@ enum Command {
         /// Deliver a function's events to another URL than the environment's, as FUNCTION=URL (repeatable).
         #[arg(long = "deliver", value_parser = parse_deliver)]
         deliver: Vec<(String, String)>,
+    },
+    /// Measure on-audio-uploaded's own overhead (engine excluded) on the embedded backends.
+    BenchTranscribeStage {
+        #[arg(long, default_value_t = 2_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// Measure the router: deliveries/s through a no-op function, CPU and latency per delivery.
     BenchRouter {
@@ -91,6 +99,7 @@ async fn main() -> ExitCode {
         Command::Provision => provision().await,
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
+        Command::BenchTranscribeStage { calls, concurrency } => bench_stage::run(calls, concurrency).await,
         Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
     };
     match result {

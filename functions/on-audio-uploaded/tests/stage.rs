@@ -240,7 +240,7 @@ impl Harness {
         self.e.state.dead_letters(None, 100).await.unwrap()
     }
 
-    fn analytics(&self) -> Vec<(String, String, Option<String>, Option<f64>, Option<f64>, Option<String>)> {
+    fn analytics(&self) -> Vec<Row> {
         let db = rusqlite::Connection::open(self.service.settings.common.data_dir.join("analytics.sqlite")).unwrap();
         let mut stmt = db
             .prepare(
@@ -254,6 +254,9 @@ impl Harness {
             .unwrap()
     }
 }
+
+/// An analytics row of this stage: call, outcome, engine, audio seconds, cost, reason.
+type Row = (String, String, Option<String>, Option<f64>, Option<f64>, Option<String>);
 
 fn meta(tenant: &str, call: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("tenant_id".into(), tenant.into()), ("call_id".into(), call.into())])

@@ -154,7 +154,8 @@ mod tests {
         // 'static, as the cases' closures may put them in facts of any lifetime.
         let other: &'static BTreeMap<String, String> = Box::leak(Box::new(meta("globex", "CAL1")));
         let no_meta: &'static BTreeMap<String, String> = Box::leak(Box::default());
-        let cases: Vec<(&str, Box<dyn Fn(&mut ObjectFacts<'_>)>)> = vec![
+        type Change = Box<dyn Fn(&mut ObjectFacts<'_>)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("bucket", Box::new(|f| f.bucket = "transcripts")),
             ("no generation", Box::new(|f| f.generation = None)),
             ("is not {tenant}/{call}", Box::new(|f| f.name = "CAL1.mp3")),
