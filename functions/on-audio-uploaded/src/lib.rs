@@ -98,10 +98,11 @@ impl Settings {
                 PathBuf::from("pocketsphinx_continuous"),
             )?,
             sox: parse("CALLFLOW_SOX", var("CALLFLOW_SOX"), PathBuf::from("sox"))?,
+            // Inside the delivery's own deadline, so a slow decode fails here, not as a timed-out delivery.
             offline_timeout: Duration::from_secs(parse(
                 "CALLFLOW_OFFLINE_TIMEOUT_SECS",
                 var("CALLFLOW_OFFLINE_TIMEOUT_SECS"),
-                900,
+                timeout.as_secs().saturating_sub(30).max(30),
             )?),
             max_attempts: parse(
                 "CALLFLOW_TRANSCRIBE_MAX_ATTEMPTS",
