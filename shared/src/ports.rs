@@ -341,3 +341,40 @@ impl Clock for SystemClock {
         Utc::now()
     }
 }
+
+/// One request to a generative model for a JSON answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// The model id, e.g. `gemini-2.5-flash`.
+    pub model: String,
+    pub prompt: crate::domain::analysis::Prompt,
+    /// The response schema (OpenAPI subset) the answer must follow.
+    pub schema: serde_json::Value,
+    /// Earlier turns when an answer did not validate: (the model's answer, our correction), oldest first.
+    pub history: Vec<(String, String)>,
+    pub max_output_tokens: u32,
+}
+
+/// How the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    /// Cut at the output limit: the JSON is likely incomplete.
+    MaxTokens,
+    /// Refused by a safety filter, for the prompt or the answer (the reason as the API gives it).
+    Blocked(String),
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: u32,
+    pub output_tokens: u32,
+}
+
+#[async_trait]
+pub trait LanguageModel: Send + Sync {
+    async fn generate(&self, request: &GenerateRequest) -> Result<Generated, VendorError>;
+}

@@ -1,5 +1,6 @@
 //! The domain: calls, tenants, states, webhook payloads and signatures. Pure: no I/O, no clocks, no adapters.
 
+pub mod analysis;
 pub mod analytics;
 pub mod call;
 pub mod callrail;
@@ -7,6 +8,8 @@ pub mod form;
 pub mod ids;
 pub mod intake;
 pub mod pii;
+pub mod redact;
+pub mod rules;
 pub mod signature;
 pub mod stage_object;
 pub mod tenant;
