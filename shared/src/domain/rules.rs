@@ -26,13 +26,27 @@ pub struct ScoreWeights {
     pub budget: f64,
     /// The caller left a name or a callback time.
     pub contact: f64,
+    /// The caller gave the project's address (a visit is on its way).
+    pub address: f64,
+    /// A small job: a few repairs, a handyman list, "a few thousand".
+    pub small_job: f64,
     /// Early research, price shopping, a far-off timeline.
     pub vague: f64,
 }
 
 impl Default for ScoreWeights {
     fn default() -> Self {
-        Self { base: 40.0, project: 15.0, estimate: 12.0, urgency: 15.0, budget: 10.0, contact: 6.0, vague: 20.0 }
+        Self {
+            base: 40.0,
+            project: 15.0,
+            estimate: 12.0,
+            urgency: 15.0,
+            budget: 10.0,
+            contact: 6.0,
+            address: 8.0,
+            small_job: 12.0,
+            vague: 20.0,
+        }
     }
 }
 
@@ -137,7 +151,8 @@ const PROJECTS: &[(ProjectType, &[(&str, f64)])] = &[
     (
         ProjectType::Flooring,
         &[
-            ("floor*", 2.5),
+            ("floor*", 1.5),
+            ("flooring", 1.5),
             ("hardwood", 3.0),
             ("laminate", 2.5),
             ("vinyl plank", 2.5),
@@ -154,8 +169,8 @@ const PROJECTS: &[(ProjectType, &[(&str, f64)])] = &[
             ("addition", 4.0),
             ("add on", 3.0),
             ("add a room", 3.0),
-            ("sunroom", 3.5),
-            ("sun room", 3.5),
+            ("sunroom", 5.0),
+            ("sun room", 5.0),
             ("second story", 4.0),
             ("second floor", 2.0),
             ("in law suite", 4.0),
@@ -191,13 +206,15 @@ const PROJECTS: &[(ProjectType, &[(&str, f64)])] = &[
     ),
     (
         ProjectType::Siding,
-        &[("siding", 4.0), ("hardie*", 3.0), ("vinyl siding", 2.0), ("soffit*", 2.0), ("fascia", 2.0), ("trim", 1.0)],
+        &[("siding", 4.5), ("hardie*", 3.0), ("vinyl siding", 2.0), ("soffit*", 2.0), ("fascia", 2.0), ("trim", 1.0)],
     ),
     (
         ProjectType::Other,
         &[
             ("paint*", 3.0),
-            ("garage", 3.0),
+            ("garage", 2.0),
+            ("convert*", 2.0),
+            ("home office", 2.0),
             ("fence", 3.0),
             ("drywall", 2.0),
             ("whole house", 3.0),
@@ -283,6 +300,17 @@ const SPAM: &[(&str, u32)] = &[
     ("more jobs", 25),
     ("online reviews", 30),
     ("suspended", 30),
+    ("first page", 45),
+    ("ranking*", 40),
+    ("competitors", 25),
+    ("audit", 20),
+    ("guarantee first", 40),
+    ("disconnect*", 40),
+    ("shut off your", 40),
+    ("past due", 35),
+    ("prepaid card*", 50),
+    ("gift card*", 50),
+    ("zelle", 35),
     ("limited time", 25),
     ("congratulations", 30),
     ("free cruise", 60),
@@ -306,6 +334,15 @@ const VENDOR: &[&str] = &[
     "owner of the business",
     "business owner",
     "decision maker",
+    "the owner",
+    "owner available",
+    "for contractors",
+    "roofing contractors",
+    "our customers",
+    "a demo",
+    "minute demo",
+    "your estimating",
+    "per report",
     "in charge of",
     "who handles your",
     "pricing for your",
@@ -370,6 +407,12 @@ const EXISTING: &[&str] = &[
     "current customer",
     "already a customer",
     "follow up on",
+    "you guys are doing",
+    "you're doing our",
+    "you built",
+    "signed the contract",
+    "the deposit",
+    "tile guy",
     "following up on",
     "punch list",
     "touch up",
@@ -428,6 +471,18 @@ const SOON: &[&str] = &[
     "closing on",
     "moving in",
     "selling the house",
+    "listing",
+    "before the",
+    "by the",
+    "by memorial",
+    "by christmas",
+    "by thanksgiving",
+    "three weeks",
+    "two weeks",
+    "month or two",
+    "next month",
+    "sooner",
+    "the sooner",
 ];
 const FLEXIBLE: &[&str] = &[
     "no rush",
@@ -448,7 +503,42 @@ const FLEXIBLE: &[&str] = &[
     "getting some ideas",
     "rough idea",
     "just exploring",
+    "not urgent",
+    "not an emergency",
+    "shopping around",
+    "other quotes",
+    "couple quotes",
+    "whenever",
+    "no hurry",
+    "someday",
+    "one day",
 ];
+
+const SMALL_JOB: &[&str] = &[
+    "small stuff",
+    "small things",
+    "small job",
+    "a few boards",
+    "few of the boards",
+    "couple of small",
+    "honey do",
+    "minor",
+    "just those",
+    "few thousand",
+    "a couple thousand",
+    "patch",
+];
+
+/// "not leaking", "isn't urgent": a cue right after a negation does not count.
+fn any_unnegated(words: &[String], phrases: &[&str]) -> bool {
+    phrases.iter().any(|p| {
+        find(words, p).into_iter().any(|at| {
+            !words[at.saturating_sub(3)..at]
+                .iter()
+                .any(|w| ["not", "no", "isn't", "isnt", "never", "wasn't"].contains(&w.as_str()))
+        })
+    })
+}
 
 const POSITIVE: &[&str] =
     &["great", "love", "excited", "awesome", "thank you so much", "recommended", "happy", "perfect"];
@@ -593,7 +683,7 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
         } else {
             Intent::SpamRobocall
         }
-    } else if any(&caller, WRONG_NUMBER) && !project_named {
+    } else if any(&caller, WRONG_NUMBER) && !(project_named && estimate) {
         Intent::WrongNumber
     } else if count(&caller, JOB_SEEKER) >= 2 && !estimate {
         Intent::JobSeeker
@@ -610,12 +700,13 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
         _ => ProjectType::None,
     };
 
-    let urgency = if any(&caller, EMERGENCY) {
+    // An explicit "no rush" outweighs a season named in the same breath; active damage outweighs both.
+    let urgency = if any_unnegated(&caller, EMERGENCY) {
         Urgency::Emergency
-    } else if any(&caller, SOON) {
-        Urgency::Soon
     } else if any(&caller, FLEXIBLE) {
         Urgency::Flexible
+    } else if any_unnegated(&caller, SOON) {
+        Urgency::Soon
     } else {
         Urgency::Unknown
     };
@@ -674,6 +765,15 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
                 s += weights.contact;
                 reasons.push("left a name or a callback time".into());
             }
+            // Redaction left its mark where the caller gave the project's address.
+            if caller_text.contains(super::redact::Kind::Address.placeholder()) {
+                s += weights.address;
+                reasons.push("gave the project's address".into());
+            }
+            if any(&caller, SMALL_JOB) {
+                s -= weights.small_job;
+                reasons.push("a small job".into());
+            }
             if facts.voicemail && !project_named {
                 s -= weights.vague / 2.0;
             }
@@ -681,7 +781,7 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
         }
         Intent::ExistingCustomer => {
             reasons.push("an existing customer".into());
-            if estimate && project_named {
+            if project_named && (estimate || any(&caller, &["want to add", "we want", "we'd like", "also want"])) {
                 reasons.push("asks about more work".into());
                 45.0
             } else {
@@ -709,7 +809,9 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
             0.0
         }
     };
-    let lead_score = score.clamp(0.0, 100.0).round() as u8;
+    // A real lead with a named project is at least a medium one, however vague.
+    let floor = if intent == Intent::NewLead && project_named { 40.0 } else { 0.0 };
+    let lead_score = score.clamp(floor, 100.0).round() as u8;
     Findings {
         intent,
         project_type,
