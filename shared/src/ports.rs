@@ -90,6 +90,10 @@ pub trait StateStore: Send + Sync {
 
     /// Dead letters, oldest first: failed work, refused events and stages given up on. `tenant` narrows to one.
     async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>>;
+
+    /// The call's analysis (stored by a completion that carried one).
+    async fn analysis(&self, tenant: &TenantId, call: &CallId)
+    -> PortResult<Option<crate::domain::analysis::Analysis>>;
 }
 
 /// An event a stage refused, as the dead letter keeps it. The ids are the event's claims, possibly wrong or

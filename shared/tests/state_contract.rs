@@ -223,6 +223,48 @@ async fn dead_letters_keep_refused_events_once(store: Arc<dyn StateStore>) {
     assert_eq!(store.dead_letters(None, 1).await.unwrap().len(), 1, "the limit holds");
 }
 
+async fn analyses_are_stored_with_the_transition(store: Arc<dyn StateStore>) {
+    use callflow::domain::analysis::{
+        ANALYSIS_SCHEMA_VERSION, Analysis, Budget, CallerDetails, Findings, Intent, ProjectType, Sentiment, Urgency,
+        Usage,
+    };
+    let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALanalysed").unwrap());
+    store.record_intake(event("acme", "CALanalysed", true)).await.unwrap();
+    assert_eq!(store.analysis(&tenant, &call).await.unwrap(), None);
+    let analysis = Analysis {
+        schema_version: ANALYSIS_SCHEMA_VERSION,
+        analyzer: "rules/1".into(),
+        fallback_reason: Some("gemini: 503".into()),
+        findings: Findings {
+            intent: Intent::NewLead,
+            project_type: ProjectType::Kitchen,
+            lead_score: 81,
+            score_reasons: vec!["wants an estimate".into()],
+            urgency: Urgency::Soon,
+            budget: Budget::High,
+            sentiment: Sentiment::Positive,
+            spam_likelihood: 2,
+            summary: "Maria asked about a kitchen project.".into(),
+            caller: CallerDetails { name: Some("Maria".into()), zip: Some("75024".into()), ..Default::default() },
+        },
+        usage: Usage { prompt_tokens: 0, output_tokens: 0, cost_usd: 0.0 },
+        redactions: 2,
+    };
+    let Claim::Claimed(claim) = store.claim_stage(&tenant, &call, "analyse:9", Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    let done = Completion {
+        transition: Some(Transition { to: CallState::Analysed, reason: None, recording_object: None }),
+        analysis: Some(analysis.clone()),
+        ..Completion::default()
+    };
+    assert!(store.finish_stage(&claim, done).await.unwrap());
+    assert_eq!(store.call(&tenant, &call).await.unwrap().unwrap().state, CallState::Analysed);
+    assert_eq!(store.analysis(&tenant, &call).await.unwrap(), Some(analysis));
+    assert_eq!(store.analysis(&TenantId::parse("globex").unwrap(), &call).await.unwrap(), None, "tenant-scoped");
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
@@ -263,6 +305,12 @@ async fn sqlite_stage_claims_are_once_per_key() {
 async fn sqlite_dead_letters_keep_refused_events_once() {
     let (_d, s) = sqlite().await;
     dead_letters_keep_refused_events_once(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_analyses_are_stored_with_the_transition() {
+    let (_d, s) = sqlite().await;
+    analyses_are_stored_with_the_transition(s).await;
 }
 
 #[tokio::test]
@@ -333,6 +381,13 @@ async fn spanner_stage_claims_are_once_per_key() {
 async fn spanner_dead_letters_keep_refused_events_once() {
     if let Some(s) = spanner().await {
         dead_letters_keep_refused_events_once(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_analyses_are_stored_with_the_transition() {
+    if let Some(s) = spanner().await {
+        analyses_are_stored_with_the_transition(s).await;
     }
 }
 

@@ -22,6 +22,7 @@ use gcloud_spanner::statement::Statement;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use time::OffsetDateTime;
 
+use crate::domain::analysis::Analysis;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -31,6 +32,7 @@ use crate::ports::{Claim, DeadLetter, IntakeResult, PortError, PortResult, Refus
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../schemas/spanner/0001_state.sql")),
     (2, include_str!("../../schemas/spanner/0002_stage_runs.sql")),
+    (3, include_str!("../../schemas/spanner/0003_analyses.sql")),
 ];
 
 const CALL_COLUMNS: [&str; 9] = [
@@ -250,6 +252,14 @@ async fn completion_mutations(
         m.push(write_call(&record)?);
     }
     m.extend(completion.follow_up.iter().map(|w| enqueue(tenant, call, w, now)));
+    if let Some(analysis) = &completion.analysis {
+        let json = serde_json::to_string(analysis).map_err(|e| bad(e.to_string()))?;
+        m.push(insert_or_update(
+            "analyses",
+            &["tenant_id", "call_id", "analyzer", "analysis_json", "created_at"],
+            &[&tenant, &call, &analysis.analyzer, &json, &ts(now)],
+        ));
+    }
     if let Some(reason) = &completion.dead_letter {
         let (kind, payload, attempts) = what;
         m.push(insert(
@@ -483,6 +493,15 @@ impl StateStore for SpannerStateStore {
         .await
     }
 
+    async fn analysis(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<Analysis>> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let key = Key::composite(&[&tenant.as_str(), &call.as_str()]);
+        let row = tx.read_row("analyses", &["analysis_json"], key).await.map_err(|e| port_err(e.into()))?;
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row.column_by_name("analysis_json").map_err(|e| port_err(e.into()))?;
+        serde_json::from_str(&json).map(Some).map_err(|e| PortError::permanent(format!("stored analysis: {e}")))
+    }
+
     async fn dead_letter_event(&self, event: RefusedEvent) -> PortResult<bool> {
         use sha2::{Digest, Sha256};
         // The id is the event's: recording the same event twice finds the first row instead of adding one.
@@ -623,6 +642,7 @@ mod tests {
         assert!(all.iter().all(|s| !s.contains("--") && !s.ends_with(';')));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE calls")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE stage_runs")));
-        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 8);
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE analyses")));
+        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 9);
     }
 }

@@ -81,6 +81,8 @@ pub struct Completion {
     pub follow_up: Vec<NewWork>,
     /// Set when the work failed for good: the item is kept as a dead letter with this reason.
     pub dead_letter: Option<String>,
+    /// The call's analysis, stored with the transition to `analysed` (replacing any earlier one).
+    pub analysis: Option<super::analysis::Analysis>,
 }
 
 /// Exponential backoff with full jitter, bounded in attempts.

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
+use crate::domain::analysis::Analysis;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -73,6 +74,15 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     last_error  TEXT,
     done_at     TEXT,
     PRIMARY KEY (tenant_id, call_id, stage_key)
+) WITHOUT ROWID;
+-- The analysis of a call (on-transcript); caller details for the CRM live in it, so it stays with the call.
+CREATE TABLE IF NOT EXISTS analyses (
+    tenant_id     TEXT NOT NULL,
+    call_id       TEXT NOT NULL,
+    analyzer      TEXT NOT NULL,
+    analysis_json TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, call_id)
 ) WITHOUT ROWID;
 ";
 
@@ -168,6 +178,15 @@ fn apply_completion(
     }
     for work in &completion.follow_up {
         enqueue(c, tenant, call, work, now)?;
+    }
+    if let Some(analysis) = &completion.analysis {
+        let json = serde_json::to_string(analysis).map_err(|e| bad_data(e.to_string()))?;
+        c.prepare_cached(
+            "INSERT INTO analyses (tenant_id, call_id, analyzer, analysis_json, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant_id, call_id) DO UPDATE SET analyzer = excluded.analyzer,
+                 analysis_json = excluded.analysis_json, created_at = excluded.created_at",
+        )?
+        .execute(params![tenant, call, analysis.analyzer, json, rfc3339(now)])?;
     }
     if let Some(reason) = &completion.dead_letter {
         let (kind, payload, attempts) = what;
@@ -417,6 +436,18 @@ impl StateStore for SqliteStateStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn analysis(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<Analysis>> {
+        let (tenant, call) = (tenant.clone(), call.clone());
+        self.read(move |c| {
+            let json: Option<String> = c
+                .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
+                .query_row(params![tenant.as_str(), call.as_str()], |r| r.get(0))
+                .optional()?;
+            json.map(|j| serde_json::from_str(&j).map_err(|e| bad_data(e.to_string()))).transpose()
+        })
+        .await
     }
 
     async fn dead_letter_event(&self, event: RefusedEvent) -> PortResult<bool> {
