@@ -15,6 +15,8 @@ pub enum WorkKind {
     FetchRecording,
     /// Stream one analytics row to the analytics sink.
     Analytics,
+    /// Publish one message (a `PublishMessage`) on a topic.
+    Publish,
 }
 
 impl WorkKind {
@@ -22,10 +24,11 @@ impl WorkKind {
         match self {
             Self::FetchRecording => "fetch_recording",
             Self::Analytics => "analytics",
+            Self::Publish => "publish",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::FetchRecording, Self::Analytics].into_iter().find(|k| k.as_str() == s)
+        [Self::FetchRecording, Self::Analytics, Self::Publish].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -34,6 +37,23 @@ impl WorkKind {
 pub struct NewWork {
     pub kind: WorkKind,
     pub payload: serde_json::Value,
+}
+
+/// A message to publish, committed with the change it announces (the payload of `WorkKind::Publish`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishMessage {
+    /// The real topic name.
+    pub topic: String,
+    /// The message body (small JSON).
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl PublishMessage {
+    pub fn work(&self) -> NewWork {
+        NewWork { kind: WorkKind::Publish, payload: serde_json::to_value(self).expect("messages serialize") }
+    }
 }
 
 /// Claimed work. `lease` identifies this claim: completing or retrying with a stale lease does nothing, so a

@@ -9,6 +9,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod google;
+pub mod publish_outbox;
 pub mod serve;
 pub mod telemetry;
 
