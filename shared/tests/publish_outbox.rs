@@ -84,11 +84,9 @@ async fn committed_messages_are_published_once_even_after_a_failed_attempt() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].trigger, "analysis-complete");
     let body: serde_json::Value = serde_json::from_slice(&events[0].body).unwrap();
-    let data = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        body["message"]["data"].as_str().unwrap(),
-    )
-    .unwrap();
+    let data =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body["message"]["data"].as_str().unwrap())
+            .unwrap();
     let data: serde_json::Value = serde_json::from_slice(&data).unwrap();
     assert_eq!(data, message.data);
     assert_eq!(body["message"]["attributes"]["tenant_id"], "acme");

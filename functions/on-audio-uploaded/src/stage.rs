@@ -15,14 +15,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use callflow::domain::analytics::StageEvent;
-use callflow::domain::stage_object::{self, AUDIO_EXTENSIONS, Expected, ObjectFacts, Readiness, StageObject};
+use callflow::domain::stage_object::{AUDIO_EXTENSIONS, Expected, StageObject};
 use callflow::domain::tenant::{EngineChoice, Tenant};
 use callflow::domain::transcript::{self, Quality, TRANSCRIPT_SCHEMA_VERSION, Transcript, TranscriptionPlan};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallRecord, CallState};
-use callflow::ports::{AudioRef, Claim, NewObject, ObjectInfo, RefusedEvent, StageClaim};
+use callflow::ports::{AudioRef, NewObject, ObjectInfo, StageClaim};
 use callflow::runtime::ApiError;
 use callflow::runtime::cloudevent::{EventError, Incoming, IncomingEvent};
+use callflow::runtime::storage_stage::{self, Admitted, Deps, Early, StageSpec};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::Instrument;
@@ -109,51 +110,38 @@ fn millis_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+impl From<Early> for Outcome {
+    fn from(early: Early) -> Self {
+        match early {
+            Early::Duplicate => Self::Duplicate,
+            Early::NotNeeded { why } => Self::NotNeeded { why },
+            Early::Refused { reason } => Self::Refused { reason },
+            Early::Busy { until } => Self::Busy { until },
+            Early::Retry { error } => Self::Retry { error },
+        }
+    }
+}
+
 /// Handle one delivery. Public for tests and the benchmark, which call it without HTTP.
 pub async fn process(service: &Service, event: Result<IncomingEvent, EventError>) -> Outcome {
     let started = Instant::now();
-    let event = match event {
-        Ok(e) => e,
-        Err(e) => {
-            let now = service.ports.clock.now();
-            // An unreadable event has no identity to dedupe on.
-            let key = format!("unreadable@{}", now.timestamp_nanos_opt().unwrap_or_default());
-            return refuse(service, String::new(), String::new(), key, json!({}), e.to_string()).await;
-        }
+    let (p, settings) = (&service.ports, &service.settings);
+    let spec = StageSpec {
+        stage: STAGE,
+        expected: Expected {
+            bucket: &settings.recordings_bucket,
+            extensions: AUDIO_EXTENSIONS,
+            media: "audio",
+            max_bytes: settings.max_recording_bytes,
+        },
+        to: CallState::Transcribed,
+        claim_prefix: "transcribe",
+        lease: settings.lease,
     };
-    let data = match event.storage_object() {
-        Ok(d) => d,
-        Err(e) => {
-            let raw = json!({
-                "id": event.id, "source": event.source, "type": event.ty, "subject": event.subject,
-                "data": String::from_utf8_lossy(&event.data),
-            });
-            return refuse(service, String::new(), String::new(), event.dedupe_key(), raw, e.to_string()).await;
-        }
-    };
-    let settings = &service.settings;
-    let facts = ObjectFacts {
-        bucket: &data.bucket,
-        name: &data.name,
-        generation: data.generation,
-        content_type: data.content_type.as_deref(),
-        size: data.size,
-        metadata: &data.metadata,
-    };
-    let expected = Expected {
-        bucket: &settings.recordings_bucket,
-        extensions: AUDIO_EXTENSIONS,
-        media: "audio",
-        max_bytes: settings.max_recording_bytes,
-    };
-    let key = format!("{}/{}#{}", data.bucket, data.name, data.generation.unwrap_or_default());
-    let raw = json!({
-        "id": event.id, "source": event.source, "type": event.ty, "subject": event.subject,
-        "data": serde_json::from_slice::<serde_json::Value>(&event.data).unwrap_or_default(),
-    });
-    let object = match stage_object::check(&facts, &expected) {
-        Ok(o) => o,
-        Err(r) => return refuse(service, r.tenant_id, r.call_id, key, raw, r.reason).await,
+    let deps = Deps { tenants: p.tenants.as_ref(), state: p.state.as_ref(), clock: p.clock.as_ref() };
+    let Admitted { tenant, call, object, claim } = match storage_stage::admit(&spec, &deps, event).await {
+        Ok(a) => a,
+        Err(early) => return early.into(),
     };
     let span = tracing::info_span!(
         "transcribe",
@@ -161,73 +149,20 @@ pub async fn process(service: &Service, event: Result<IncomingEvent, EventError>
         call_id = %object.call_id,
         generation = object.generation
     );
-    accept(service, object, key, raw, started).instrument(span).await
-}
-
-/// Tenant, call and claim; then the work.
-async fn accept(
-    service: &Service,
-    object: StageObject,
-    key: String,
-    raw: serde_json::Value,
-    started: Instant,
-) -> Outcome {
-    let p = &service.ports;
-    let (tenant_str, call_str) = (object.tenant_id.to_string(), object.call_id.to_string());
-    let tenant = match p.tenants.tenant(&object.tenant_id).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return refuse(service, tenant_str, call_str, key, raw, "unknown tenant".into()).await,
-        Err(e) => return Outcome::Retry { error: format!("tenant directory: {e}") },
-    };
-    let call = match p.state.call(&object.tenant_id, &object.call_id).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return refuse(service, tenant_str, call_str, key, raw, "no such call".into()).await,
-        Err(e) => return Outcome::Retry { error: format!("state store: {e}") },
-    };
-    match stage_object::readiness(&call, CallState::Transcribed) {
-        Readiness::Ready => {}
-        Readiness::Past(state) => {
-            tracing::info!(state = %state, "late recording event: the call is past transcription");
-            return Outcome::NotNeeded { why: format!("the call is already {state}") };
-        }
-        Readiness::Foreign(why) => return refuse(service, tenant_str, call_str, key, raw, why.into()).await,
-    }
-    let stage_key = format!("transcribe:{}", object.generation);
-    let claim = match p.state.claim_stage(&object.tenant_id, &object.call_id, &stage_key, service.settings.lease).await
-    {
-        Ok(Claim::Claimed(c)) => c,
-        Ok(Claim::Busy { until }) => return Outcome::Busy { until },
-        Ok(Claim::Done) => return Outcome::Duplicate,
-        Err(e) => return Outcome::Retry { error: format!("claiming the recording: {e}") },
-    };
     let run = Run { service, claim, call, object, started };
-    let outcome = run.work(&tenant).await;
-    match &outcome {
-        Outcome::Retry { error } => {
-            tracing::warn!(error = %error, "transcription failed; the event will be redelivered")
+    async move {
+        let outcome = run.work(&tenant).await;
+        match &outcome {
+            Outcome::Retry { error } => {
+                tracing::warn!(error = %error, "transcription failed; the event will be redelivered")
+            }
+            Outcome::DeadLettered { reason } => tracing::error!(reason = %reason, "call dead-lettered"),
+            o => tracing::info!(outcome = o.name(), stage_ms = millis_since(started), "recording handled"),
         }
-        Outcome::DeadLettered { reason } => tracing::error!(reason = %reason, "call dead-lettered"),
-        o => tracing::info!(outcome = o.name(), stage_ms = millis_since(started), "recording handled"),
+        outcome
     }
-    outcome
-}
-
-/// Keep a poison event as a dead letter and acknowledge it. If even that fails, ask for a redelivery: an event
-/// is never dropped unrecorded.
-async fn refuse(
-    service: &Service,
-    tenant_id: String,
-    call_id: String,
-    event_key: String,
-    event: serde_json::Value,
-    reason: String,
-) -> Outcome {
-    tracing::warn!(reason = %reason, tenant_id = %tenant_id, "refused a recording event");
-    let refused = RefusedEvent { stage: STAGE.into(), tenant_id, call_id, event_key, event, reason: reason.clone() };
-    match service.ports.state.dead_letter_event(refused).await {
-        Ok(_) => Outcome::Refused { reason },
-        Err(e) => Outcome::Retry { error: format!("recording a refused event: {e}") },
-    }
+    .instrument(span)
+    .await
 }
 
 /// What the stage did, for the analytics row.
@@ -480,6 +415,7 @@ impl Run<'_> {
                 payload: serde_json::to_value(&row).expect("rows serialize"),
             }],
             dead_letter: (done.to == Some(CallState::DeadLettered)).then(|| done.reason.unwrap_or("").to_owned()),
+            analysis: None,
         };
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
             Ok(true) => None,

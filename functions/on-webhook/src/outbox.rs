@@ -141,6 +141,7 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                     End { to: CallState::Skipped, outcome: "no_recording", reason: Some(reason), bytes: None },
                 )],
                 dead_letter: None,
+                analysis: None,
             };
             return finish(service, &item, completion, FetchOutcome::NoRecording).await;
         }
@@ -192,6 +193,7 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                     },
                 )],
                 dead_letter: None,
+                analysis: None,
             };
             let outcome = FetchOutcome::Stored { object: location, bytes: info.size };
             finish(service, &item, completion, outcome).await
@@ -252,6 +254,7 @@ async fn dead_letter(
         }),
         follow_up,
         dead_letter: Some(reason.to_owned()),
+        analysis: None,
     };
     finish(service, item, completion, FetchOutcome::DeadLettered { reason: reason.to_owned() }).await
 }

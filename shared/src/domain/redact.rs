@@ -290,8 +290,8 @@ fn find_email(tokens: &[Token], i: usize) -> Option<(usize, usize)> {
         return None;
     }
     let domain = tokens.get(i + 1)?;
-    // "at gmail dot com", "at acme remodeling dot com": one to three domain words, "dot", a top-level domain.
-    let dotted = (1..=3).find(|k| {
+    // "at gmail dot com", "at bayside bath and kitchen dot com": one to four domain words, "dot", a top-level domain.
+    let dotted = (1..=4).find(|k| {
         tokens.get(i + k + 1).is_some_and(|t| t.core == "dot")
             && tokens.get(i + k + 2).is_some_and(|t| TLDS.contains(&t.core.as_str()))
             && tokens[i + 1..=i + k].iter().all(|t| digits_of(&t.core).is_none())

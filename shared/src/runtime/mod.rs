@@ -11,6 +11,7 @@ pub mod error;
 pub mod google;
 pub mod publish_outbox;
 pub mod serve;
+pub mod storage_stage;
 pub mod telemetry;
 
 pub use error::ApiError;
