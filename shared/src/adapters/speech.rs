@@ -32,31 +32,6 @@ fn seconds(d: Option<&google_cloud_wkt::Duration>) -> f64 {
     d.map_or(0.0, |d| d.seconds() as f64 + f64::from(d.nanos()) / 1e9)
 }
 
-fn vendor_error(e: &google_cloud_gax::error::Error) -> VendorError {
-    if e.is_timeout() {
-        return VendorError::Timeout;
-    }
-    if e.is_transport() || e.is_io() {
-        return VendorError::Transport(e.to_string());
-    }
-    let status = e.http_status_code().or_else(|| {
-        // A failed long-running operation carries a gRPC status rather than an HTTP one.
-        e.status().map(|s| match s.code {
-            google_cloud_gax::error::rpc::Code::ResourceExhausted => 429,
-            google_cloud_gax::error::rpc::Code::Unavailable | google_cloud_gax::error::rpc::Code::Internal => 503,
-            google_cloud_gax::error::rpc::Code::DeadlineExceeded => 504,
-            google_cloud_gax::error::rpc::Code::NotFound => 404,
-            _ => 400,
-        })
-    });
-    match status {
-        Some(429) => VendorError::RateLimited { retry_after: None },
-        Some(404) => VendorError::NotFound,
-        Some(status) => VendorError::Status { status, message: e.to_string() },
-        None => VendorError::Malformed(e.to_string()),
-    }
-}
-
 fn words(results: &[SpeechRecognitionResult]) -> (Vec<Word>, String, f64) {
     let mut out = Vec::new();
     let (mut language, mut end) = (String::new(), 0.0f64);
@@ -155,7 +130,7 @@ impl Transcriber for SpeechToText {
                 .set_uri(uri)
                 .send()
                 .await
-                .map_err(|e| vendor_error(&e))?;
+                .map_err(|e| super::google_vendor_error(&e))?;
             let billed = seconds(response.metadata.as_ref().and_then(|m| m.total_billed_duration.as_ref()));
             return Ok(self.recognized(audio, &response.results, billed));
         }
@@ -171,7 +146,7 @@ impl Transcriber for SpeechToText {
             .poller()
             .until_done()
             .await
-            .map_err(|e| vendor_error(&e))?;
+            .map_err(|e| super::google_vendor_error(&e))?;
         let file = response
             .results
             .get(&uri)

@@ -158,30 +158,42 @@ pub fn score_band(score: u8) -> &'static str {
     }
 }
 
-/// The JSON schema an LLM must answer in (OpenAPI subset, as Vertex AI's `responseSchema` takes it).
+/// The JSON Schema an LLM must answer in (the subset Vertex AI's `responseJsonSchema` takes).
 pub fn response_schema() -> Value {
-    let string = serde_json::json!({"type": "STRING"});
-    let enumerated = |values: Vec<&str>| serde_json::json!({"type": "STRING", "enum": values});
-    let percent = serde_json::json!({"type": "INTEGER", "minimum": 0, "maximum": 100});
+    let string = serde_json::json!({"type": "string"});
+    let enumerated = |values: Vec<&str>| serde_json::json!({"type": "string", "enum": values});
+    let percent = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 100});
+    let fields = [
+        "intent",
+        "project_type",
+        "lead_score",
+        "score_reasons",
+        "urgency",
+        "budget",
+        "sentiment",
+        "spam_likelihood",
+        "summary",
+        "caller",
+    ];
     serde_json::json!({
-        "type": "OBJECT",
+        "type": "object",
         "properties": {
             "intent": enumerated(Intent::names()),
             "project_type": enumerated(ProjectType::names()),
             "lead_score": percent,
-            "score_reasons": {"type": "ARRAY", "items": string, "maxItems": 5},
+            "score_reasons": {"type": "array", "items": string, "maxItems": 5},
             "urgency": enumerated(Urgency::names()),
             "budget": enumerated(Budget::names()),
             "sentiment": enumerated(Sentiment::names()),
             "spam_likelihood": percent,
             "summary": string,
             "caller": {
-                "type": "OBJECT",
+                "type": "object",
                 "properties": {"name": string, "email": string, "zip": string, "callback_time": string},
             },
         },
-        "required": ["intent", "project_type", "lead_score", "score_reasons", "urgency", "budget", "sentiment",
-                     "spam_likelihood", "summary"],
+        "required": &fields[..9],
+        "propertyOrdering": fields,
     })
 }
 
