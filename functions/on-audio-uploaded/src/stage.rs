@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use callflow::domain::analytics::StageEvent;
 use callflow::domain::stage_object::{AUDIO_EXTENSIONS, Expected, StageObject};
@@ -21,7 +20,6 @@ use callflow::domain::transcript::{self, Quality, TRANSCRIPT_SCHEMA_VERSION, Tra
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallRecord, CallState};
 use callflow::ports::{AudioRef, NewObject, ObjectInfo, StageClaim};
-use callflow::runtime::ApiError;
 use callflow::runtime::cloudevent::{EventError, Incoming, IncomingEvent};
 use callflow::runtime::storage_stage::{self, Admitted, Deps, Early, StageSpec};
 use chrono::{DateTime, Utc};
@@ -35,6 +33,8 @@ pub const STAGE: &str = "on-audio-uploaded";
 pub const MAX_TRANSCRIPT_BYTES: u64 = 16 * 1024 * 1024;
 /// Marks the transcript object with the recording generation it was made from.
 pub const RECORDING_GENERATION: &str = "recording_generation";
+/// The transcript object's metadata key for the transcription's estimated cost.
+pub const COST_USD: &str = "cost_usd";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -91,18 +91,10 @@ pub async fn handle(State(service): State<Service>, Incoming(event): Incoming) -
         let p = &service.ports;
         callflow::runtime::analytics_outbox::flush(p.state.as_ref(), p.analytics.as_ref(), p.clock.as_ref()).await;
     }
-    match &outcome {
-        Outcome::Busy { until } => {
-            tracing::info!(until = %until, "recording is being transcribed by another delivery");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "this recording is being transcribed by another delivery",
-            )
-            .into_response()
-        }
-        Outcome::Retry { error } => ApiError::unavailable(error).into_response(),
-        acked => Json(json!({ "outcome": acked.name() })).into_response(),
+    match outcome {
+        Outcome::Busy { until } => storage_stage::respond(&Early::Busy { until }),
+        Outcome::Retry { error } => storage_stage::respond(&Early::Retry { error }),
+        acked => storage_stage::acknowledge(acked.name()),
     }
 }
 
@@ -318,6 +310,11 @@ impl Run<'_> {
             ("schema_version".to_owned(), transcript.schema_version.to_string()),
             (RECORDING_GENERATION.to_owned(), self.object.generation.to_string()),
         ]);
+        // What this transcript cost, so the next stage can report the call's cost so far.
+        let mut metadata = metadata;
+        if let Some(cost) = cost_usd {
+            metadata.insert(COST_USD.to_owned(), format!("{cost:.6}"));
+        }
         let name = self.transcript_name();
         let new = NewObject {
             bucket: &self.service.settings.transcripts_bucket,

@@ -18,6 +18,16 @@ pub struct AnalyticsRow {
     pub fields: Map<String, Value>,
 }
 
+impl AnalyticsRow {
+    /// Set one more column (one a stage adds beyond the common ones); null values are left out.
+    pub fn set(mut self, column: &str, value: Value) -> Self {
+        if !value.is_null() {
+            self.fields.insert(column.to_owned(), value);
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ColumnSchema {
     pub name: String,

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod analytics;
+pub mod breaker;
 pub mod call;
 pub mod callrail;
 pub mod form;

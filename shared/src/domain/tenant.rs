@@ -99,6 +99,31 @@ impl Default for TranscriptionSettings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnalyzerChoice {
+    /// Vertex AI Gemini, with the rules as the fallback.
+    Gemini,
+    /// The rules analyzer alone: free, offline.
+    Rules,
+}
+
+/// `[tenant.analysis]`: the analyzer, the model, the scoring weights and what is redacted before analysis.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSettings {
+    /// Absent: the deployment's default (the rules embedded, Gemini on Google Cloud).
+    #[serde(default)]
+    pub analyzer: Option<AnalyzerChoice>,
+    /// A Gemini model id; absent: the deployment's.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub weights: super::rules::ScoreWeights,
+    #[serde(default)]
+    pub redaction: super::redact::RedactionSettings,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
@@ -111,6 +136,9 @@ pub struct Tenant {
     /// How recordings are transcribed (on-audio-uploaded); defaults when absent.
     #[serde(default)]
     pub transcription: TranscriptionSettings,
+    /// How calls are analysed (on-transcript); defaults when absent.
+    #[serde(default)]
+    pub analysis: AnalysisSettings,
     /// CRM provider, credentials reference and field mapping; read by on-analysis.
     #[serde(default)]
     pub crm: Option<serde_json::Value>,
@@ -146,6 +174,11 @@ impl Tenant {
         let well_formed = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric());
         if !language.split('-').all(well_formed) || language.len() > 35 {
             return fail(format!("transcription.language {language:?} is not a BCP-47 tag (e.g. en-US)"));
+        }
+        if let Some(model) = &self.analysis.model
+            && (model.is_empty() || !model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+        {
+            return fail(format!("analysis.model {model:?} is not a model id (e.g. gemini-2.5-flash)"));
         }
         if let Some(forms) = &self.forms {
             if forms.signing_keys.len() > MAX_ACTIVE_KEYS {

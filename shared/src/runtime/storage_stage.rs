@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -13,6 +14,7 @@ use crate::domain::stage_object::{self, Expected, ObjectFacts, Readiness, StageO
 use crate::domain::tenant::Tenant;
 use crate::domain::{CallRecord, CallState};
 use crate::ports::{Claim, Clock, RefusedEvent, StageClaim, StateStore, TenantDirectory};
+use crate::runtime::ApiError;
 use crate::runtime::cloudevent::{EventError, IncomingEvent};
 
 /// What a stage accepts and what it claims.
@@ -54,6 +56,40 @@ pub enum Early {
     Busy { until: DateTime<Utc> },
     /// A retryable failure.
     Retry { error: String },
+}
+
+impl Early {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::NotNeeded { .. } => "not_needed",
+            Self::Refused { .. } => "refused",
+            Self::Busy { .. } => "busy",
+            Self::Retry { .. } => "retry",
+        }
+    }
+}
+
+/// 200 with the outcome's name: the delivery is done (Eventarc acks 2xx; never 202, see the handbook).
+pub fn acknowledge(outcome: &'static str) -> Response {
+    axum::Json(json!({ "outcome": outcome })).into_response()
+}
+
+/// The answer for an early end: acknowledged, or 503 so the delivery comes again with the trigger's backoff.
+pub fn respond(early: &Early) -> Response {
+    match early {
+        Early::Busy { until } => {
+            tracing::info!(until = %until, "another delivery holds this object");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "this object is being worked on by another delivery",
+            )
+            .into_response()
+        }
+        Early::Retry { error } => ApiError::unavailable(error).into_response(),
+        acked => acknowledge(acked.name()),
+    }
 }
 
 /// The event as the dead letter keeps it.
