@@ -7,6 +7,7 @@ pub mod topology;
 use std::sync::Arc;
 
 use callflow::adapters::local_router::LocalRouter;
+use callflow::ports::SystemClock;
 use callflow::runtime::embedded::Embedded;
 
 /// Every hosted function's settings, read from one environment.
@@ -14,6 +15,7 @@ use callflow::runtime::embedded::Embedded;
 pub struct Settings {
     pub webhook: on_webhook::Settings,
     pub audio: on_audio_uploaded::Settings,
+    pub transcript: on_transcript::Settings,
 }
 
 impl Settings {
@@ -25,6 +27,7 @@ impl Settings {
         Ok(Self {
             webhook: on_webhook::Settings::from_lookup(&var)?,
             audio: on_audio_uploaded::Settings::from_lookup(&var)?,
+            transcript: on_transcript::Settings::from_lookup(&var)?,
         })
     }
 }
@@ -35,6 +38,7 @@ pub struct Host {
     /// The public function: CallRail and form webhooks.
     pub webhook: on_webhook::Service,
     pub audio: on_audio_uploaded::Service,
+    pub transcript: on_transcript::Service,
     /// The webhook's settings: the host serves on its port and drains with its window.
     pub settings: on_webhook::Settings,
 }
@@ -43,6 +47,18 @@ pub struct Host {
 pub const DELIVERY_CONCURRENCY: usize = 8;
 
 impl Host {
+    /// Publish messages whose inline publish failed (they wait in the outbox), until `stop`.
+    pub async fn publish_leftovers(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (state, router) = (self.embedded.state.clone(), self.router.clone());
+        while !*stop.borrow() {
+            callflow::runtime::publish_outbox::flush(state.as_ref(), router.as_ref(), &SystemClock, 100).await;
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
     pub async fn open(all: Settings) -> anyhow::Result<Self> {
         let settings = all.webhook;
         let embedded =
@@ -52,7 +68,9 @@ impl Host {
         let webhook = on_webhook::Service::with_embedded(&embedded, &settings).await?;
         let audio = on_audio_uploaded::Service::with_embedded(&embedded, &all.audio);
         // Trigger destinations, one line each, as their stages land.
+        let transcript = on_transcript::Service::with_embedded(&embedded, &all.transcript);
         router.host("on-audio-uploaded", on_audio_uploaded::app(audio.clone()), DELIVERY_CONCURRENCY);
+        router.host("on-transcript", on_transcript::app(transcript.clone()), DELIVERY_CONCURRENCY);
         for t in router.unhosted_triggers() {
             tracing::info!(
                 trigger = %t.name,
@@ -60,6 +78,6 @@ impl Host {
                 "no function for this trigger in this host yet; its events are kept until one is hosted"
             );
         }
-        Ok(Self { embedded, router, webhook, audio, settings })
+        Ok(Self { embedded, router, webhook, audio, transcript, settings })
     }
 }

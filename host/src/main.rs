@@ -119,7 +119,12 @@ async fn serve_all() -> anyhow::Result<()> {
     let host = callflow_host::Host::open(callflow_host::Settings::from_env()?).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let outbox = tokio::spawn(on_webhook::outbox::run(host.webhook.clone(), stop_rx.clone()));
-    let router = tokio::spawn(host.router.clone().run(stop_rx));
+    let router = tokio::spawn(host.router.clone().run(stop_rx.clone()));
+    let host = std::sync::Arc::new(host);
+    let leftovers = tokio::spawn({
+        let host = host.clone();
+        async move { host.publish_leftovers(stop_rx).await }
+    });
     let shutdown = async move {
         serve::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -127,7 +132,7 @@ async fn serve_all() -> anyhow::Result<()> {
     let drain = host.settings.drain;
     serve::serve(on_webhook::app(host.webhook.clone()), host.settings.port, shutdown, drain).await?;
     let _ = tokio::time::timeout(drain, async {
-        let _ = tokio::join!(outbox, router);
+        let _ = tokio::join!(outbox, router, leftovers);
     })
     .await;
     Ok(())

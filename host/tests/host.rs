@@ -88,6 +88,20 @@ async fn a_stored_recording_is_one_finalize_event_per_generation_for_the_next_st
         host.embedded.objects.get("transcripts", &format!("acme-remodeling/{CALL}.json")).await.unwrap().unwrap();
     assert_eq!(info.metadata["engine"], "callrail");
     assert!(String::from_utf8_lossy(&transcript).contains("kitchen cabinets"));
+
+    // on-transcript is hosted too: the transcript's event is delivered, the call analysed by the rules (the
+    // embedded default), and one message waits on analysis-complete for on-analysis.
+    let delivered = host.router.deliver_due().await;
+    assert!(matches!(delivered[..], [callflow::adapters::local_router::Delivery::Acked]), "{delivered:?}");
+    let (tenant, call) =
+        (callflow::domain::TenantId::parse("acme-remodeling").unwrap(), callflow::domain::CallId::parse(CALL).unwrap());
+    let analysis = callflow::ports::StateStore::analysis(host.embedded.state.as_ref(), &tenant, &call).await.unwrap();
+    let analysis = analysis.expect("the call's analysis");
+    assert_eq!(analysis.analyzer, "rules/1");
+    assert_eq!(analysis.findings.project_type, callflow::domain::analysis::ProjectType::Kitchen);
+    let waiting = host.router.pending().await.unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!((waiting[0].trigger.as_str(), waiting[0].destination.as_str()), ("analysis-complete", "on-analysis"));
 }
 
 fn free_port() -> u16 {
@@ -123,17 +137,17 @@ async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let resp = client.post(format!("{base}{}", parts.uri)).headers(parts.headers).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    // Through the chain as far as it goes: recording fetched, routed to on-audio-uploaded, transcribed.
+    // Through the chain as far as it goes: recording fetched, transcribed, analysed.
     let db = dir.path().join("state.sqlite");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state: String = rusqlite::Connection::open(&db)
             .and_then(|c| c.query_row("SELECT state FROM calls", [], |r| r.get(0)))
             .unwrap_or_default();
-        if state == "transcribed" {
+        if state == "analysed" {
             break;
         }
-        assert!(Instant::now() < deadline, "the call never reached transcribed (last seen {state:?})");
+        assert!(Instant::now() < deadline, "the call never reached analysed (last seen {state:?})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let list = Command::new(env!("CARGO_BIN_EXE_callflow"))
@@ -253,4 +267,13 @@ async fn a_spoken_call_is_transcribed_offline_through_the_embedded_chain() {
     .unwrap()
     .unwrap();
     assert_eq!(call.state, callflow::domain::CallState::Transcribed);
+
+    // And on to on-transcript: what the offline engine heard is enough for the rules to see a kitchen lead.
+    assert!(matches!(host.router.deliver_due().await[..], [callflow::adapters::local_router::Delivery::Acked]));
+    let analysis = callflow::ports::StateStore::analysis(host.embedded.state.as_ref(), &call.tenant_id, &call.call_id)
+        .await
+        .unwrap()
+        .expect("analysed");
+    assert_eq!(analysis.findings.project_type, callflow::domain::analysis::ProjectType::Kitchen);
+    assert_eq!(analysis.findings.intent, callflow::domain::analysis::Intent::NewLead);
 }
