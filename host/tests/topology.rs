@@ -4,9 +4,10 @@
 //! analytics row in the BigQuery emulator, and a storage CloudEvent at the next stage's URL; a message on
 //! `analysis-complete` reaches its function through a real Pub/Sub push subscription.
 //!
-//! on-audio-uploaded runs as a third process: Speech-to-Text (a local fake with the API's shapes: no emulator
-//! exists) reads the recording by its gs:// name, the transcript lands in the transcripts bucket, the call moves
-//! to `transcribed` in Spanner, and the transcript's own finalize event reaches the next stage's URL.
+//! on-audio-uploaded and on-transcript run as processes of their own: Speech-to-Text (a local fake with the API's
+//! shapes: no emulator exists) reads the recording by its gs:// name, the transcript lands in the transcripts
+//! bucket, Gemini (a local fake too) analyses it, the call moves to `analysed` in Spanner with its analysis, and
+//! on-transcript's message on `analysis-complete` is pushed by the Pub/Sub emulator to on-analysis's URL.
 //!
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
@@ -175,6 +176,22 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .mount(&speech)
         .await;
 
+    // And Vertex AI: Gemini answering with a valid analysis for the roofing call.
+    let vertex = MockServer::start().await;
+    let analysis = json!({"intent": "new_lead", "project_type": "roofing", "lead_score": 88,
+        "score_reasons": ["needs a new roof"], "urgency": "soon", "budget": "unknown", "sentiment": "neutral",
+        "spam_likelihood": 1, "summary": "Needs a new roof."});
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v1/projects/callflow-emulators/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": analysis.to_string()}]}, "finishReason": 1}],
+            "usageMetadata": {"promptTokenCount": 640, "candidatesTokenCount": 52, "totalTokenCount": 692},
+            "modelVersion": "gemini-2.5-flash"
+        })))
+        .expect(1)
+        .mount(&vertex)
+        .await;
+
     // The processes: on-webhook on its own port over Spanner/GCS/BigQuery, and the storage watcher.
     let port = free_port();
     let watcher_dir = tempfile::tempdir().unwrap();
@@ -207,13 +224,28 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .spawn()
             .unwrap(),
     );
+    let transcript_port = free_port();
+    let _transcript = Process(
+        Command::new(sibling_binary("on-transcript"))
+            .current_dir(repo())
+            .env("PORT", transcript_port.to_string())
+            .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_SPANNER_DATABASE", &database)
+            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
+            .env("CALLFLOW_ANALYZER", "gemini")
+            .env("CALLFLOW_GEMINI_ENDPOINT", vertex.uri())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let _watcher = Process(
         Command::new(env!("CARGO_BIN_EXE_callflow"))
             .current_dir(repo())
             .args(["watch-storage", "--interval-ms", "100", "--deliver"])
             .arg(format!("on-audio-uploaded=http://127.0.0.1:{audio_port}"))
             .arg("--deliver")
-            .arg(format!("on-transcript={stand_in}"))
+            .arg(format!("on-transcript=http://127.0.0.1:{transcript_port}"))
             .env("CALLFLOW_ENVIRONMENT", "emulators")
             .env("CALLFLOW_DATA_DIR", watcher_dir.path())
             .stdout(Stdio::null())
@@ -286,15 +318,18 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     assert_eq!(transcript["segments"][1]["text"], "I need a new roof.");
     assert_eq!(t_info.metadata.get("recording_generation"), Some(&info.generation.to_string()));
 
-    // The storage watcher: the transcript's finalize CloudEvent at on-transcript's URL.
-    let event = wait_for("the transcript's finalize event", Duration::from_secs(30), async || {
-        inbox.0.lock().unwrap().iter().find(|(_, b)| b["name"] == transcript_name.as_str()).cloned()
+    // on-transcript, through the watcher: the call analysed by Gemini, the analysis stored in Spanner.
+    wait_for("the call to reach analysed", Duration::from_secs(60), async || {
+        state.call(&tenant, &call_id).await.unwrap().filter(|c| c.state == CallState::Analysed)
     })
     .await;
-    assert_eq!(event.0["ce-type"], "google.cloud.storage.object.v1.finalized");
-    assert_eq!(event.0["ce-subject"], format!("objects/{transcript_name}").as_str());
-    assert_eq!(event.1["generation"], t_info.generation.to_string());
-    assert_eq!(event.1["bucket"], "callflow-transcripts");
+    eprintln!("webhook → analysed: {} ms", sent.elapsed().as_millis());
+    let stored = state.analysis(&tenant, &call_id).await.unwrap().expect("the analysis");
+    assert_eq!(stored.analyzer, "gemini/gemini-2.5-flash");
+    assert_eq!(stored.findings.project_type, callflow::domain::analysis::ProjectType::Roofing);
+    assert_eq!((stored.usage.prompt_tokens, stored.usage.output_tokens), (640, 52));
+    let asked: Value = serde_json::from_slice(&vertex.received_requests().await.unwrap()[0].body).unwrap();
+    assert!(asked["contents"][0]["parts"][0]["text"].as_str().unwrap().contains("I need a new roof."));
 
     // BigQuery: the intake's analytics row (and the fetch's), streamed by on-webhook.
     let bigquery = std::env::var("BIGQUERY_EMULATOR_HOST").unwrap();
@@ -317,25 +352,22 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .ok()?;
         let outcomes: Vec<String> =
             answer["rows"].as_array()?.iter().filter_map(|r| r["f"][0]["v"].as_str().map(str::to_owned)).collect();
-        (outcomes.len() >= 3).then_some(outcomes)
+        (outcomes.len() >= 4).then_some(outcomes)
     })
     .await;
-    assert_eq!(outcomes, ["created", "recording_stored", "transcribed"]);
+    assert_eq!(outcomes, ["analysed", "created", "recording_stored", "transcribed"]);
 
-    // Pub/Sub: a message on analysis-complete is pushed to on-analysis's URL (raw push envelope, no ce-*).
-    let message = json!({"messages": [{"data": "eyJzY2hlbWFfdmVyc2lvbiI6MX0=", "attributes": {"tenant_id": "acme"}}]});
-    let published = http
-        .post(format!("{pubsub}/v1/projects/{PROJECT}/topics/analysis-complete:publish"))
-        .json(&message)
-        .send()
-        .await
-        .unwrap();
-    assert!(published.status().is_success());
+    // Pub/Sub: on-transcript's message on analysis-complete, pushed by the emulator to on-analysis's URL (raw push
+    // envelope, no ce-*), carrying the ids only.
     let push = wait_for("the push delivery", Duration::from_secs(30), async || {
         inbox.0.lock().unwrap().iter().find(|(_, b)| b["subscription"].is_string()).cloned()
     })
     .await;
     assert_eq!(push.1["subscription"], format!("projects/{PROJECT}/subscriptions/eventarc-analysis-complete"));
-    assert_eq!(push.1["message"]["data"], "eyJzY2hlbWFfdmVyc2lvbiI6MX0=");
     assert!(push.0.get("ce-type").is_none(), "Pub/Sub push carries no ce-* headers");
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.decode(push.1["message"]["data"].as_str().unwrap()).unwrap();
+    let message: Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!((message["schema_version"].as_i64(), message["call_id"].as_str()), (Some(1), Some(call.as_str())));
+    assert_eq!(push.1["message"]["attributes"]["tenant_id"], "acme-remodeling");
 }
