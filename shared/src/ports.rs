@@ -382,3 +382,33 @@ pub struct Generated {
 pub trait LanguageModel: Send + Sync {
     async fn generate(&self, request: &GenerateRequest) -> Result<Generated, VendorError>;
 }
+
+/// A lead as a CRM connector pushes it: the mapped properties, our whole document, and the key that makes a
+/// second push of the same call find the first record instead of making another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadPush {
+    pub tenant_id: TenantId,
+    pub call_id: CallId,
+    /// Unique per (tenant, call): the CRM-side dedupe key (external id, idempotency key, `webhook-id`).
+    pub idempotency_key: String,
+    /// CRM properties after the tenant's field mapping.
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    /// The lead as our JSON document (what the custom webhook sends).
+    pub document: serde_json::Value,
+}
+
+/// The CRM's record for a pushed lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmRecord {
+    pub id: String,
+    /// False when the CRM already had it (a redelivery, or a push retried after a lost answer).
+    pub created: bool,
+}
+
+#[async_trait]
+pub trait CrmConnector: Send + Sync {
+    /// `hubspot`, `salesforce`, `pipedrive`, `webhook`.
+    fn provider(&self) -> &'static str;
+    /// Push one lead with the tenant's credential (token, key or signing secret).
+    async fn push(&self, lead: &LeadPush, credential: &Secret) -> Result<CrmRecord, VendorError>;
+}

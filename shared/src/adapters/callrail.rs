@@ -28,29 +28,12 @@ struct RecordingJson {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+    super::http::retry_after(resp.headers())
 }
 
 /// The error without its URL: the audio URL is pre-signed and must not reach a log.
 fn transport(e: reqwest::Error) -> VendorError {
-    if e.is_timeout() {
-        return VendorError::Timeout;
-    }
-    // The cause chain says what happened (connection refused, DNS, TLS); reqwest's own text alone does not.
-    let e = e.without_url();
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    VendorError::Transport(message)
+    super::http::transport(e)
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, VendorError> {

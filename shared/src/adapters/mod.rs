@@ -2,9 +2,11 @@
 
 pub mod bigquery;
 pub mod callrail;
+pub mod crm_webhook;
 pub mod dir_objects;
 pub mod gcs;
 pub mod gemini;
+pub mod http;
 pub mod local_router;
 pub mod local_secrets;
 pub mod pocketsphinx;

@@ -1,0 +1,32 @@
+//! What every vendor HTTP client (reqwest) reads the same way: `Retry-After` in either of its forms, and a
+//! transport failure with its cause chain but without the URL (URLs may carry signed tokens).
+
+use std::time::Duration;
+
+use crate::ports::VendorError;
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+}
+
+/// A request that got no answer: timed out, or the connection failed (the cause chain says how).
+pub fn transport(e: reqwest::Error) -> VendorError {
+    if e.is_timeout() {
+        return VendorError::Timeout;
+    }
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    VendorError::Transport(message)
+}
