@@ -17,12 +17,11 @@ use callflow::domain::analytics::StageEvent;
 use callflow::domain::stage_object::{AUDIO_EXTENSIONS, Expected, StageObject};
 use callflow::domain::tenant::{EngineChoice, Tenant};
 use callflow::domain::transcript::{self, Quality, TRANSCRIPT_SCHEMA_VERSION, Transcript, TranscriptionPlan};
-use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
+use callflow::domain::work::{Completion, Transition};
 use callflow::domain::{CallRecord, CallState};
 use callflow::ports::{AudioRef, NewObject, ObjectInfo, StageClaim};
 use callflow::runtime::cloudevent::{EventError, Incoming, IncomingEvent};
 use callflow::runtime::storage_stage::{self, Admitted, Deps, Early, StageSpec};
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -43,18 +42,10 @@ pub enum Outcome {
     Transcribed { object: String, engine: String, reused: bool },
     /// A cost skip: the call is `skipped` with this reason.
     Skipped { reason: String },
-    /// This recording generation was already handled.
-    Duplicate,
-    /// Nothing to do: the call is past this stage, or the recording was replaced or deleted since.
-    NotNeeded { why: String },
-    /// A poison event, kept as a dead letter.
-    Refused { reason: String },
     /// The call could not be transcribed for good; it is `dead_lettered`.
     DeadLettered { reason: String },
-    /// Another delivery holds this recording's claim.
-    Busy { until: DateTime<Utc> },
-    /// A retryable failure: deliver again.
-    Retry { error: String },
+    /// Ended before any work: a duplicate, not needed, refused, busy, or to retry.
+    Early(Early),
 }
 
 impl Outcome {
@@ -62,56 +53,29 @@ impl Outcome {
         match self {
             Self::Transcribed { .. } => "transcribed",
             Self::Skipped { .. } => "skipped",
-            Self::Duplicate => "duplicate",
-            Self::NotNeeded { .. } => "not_needed",
-            Self::Refused { .. } => "refused",
             Self::DeadLettered { .. } => "dead_lettered",
-            Self::Busy { .. } => "busy",
-            Self::Retry { .. } => "retry",
+            Self::Early(e) => e.name(),
         }
-    }
-
-    /// Whether the delivery is acknowledged (2xx) or should come again (5xx).
-    pub fn acknowledged(&self) -> bool {
-        !matches!(self, Self::Busy { .. } | Self::Retry { .. })
-    }
-
-    /// Whether the outcome committed an analytics row (worth flushing before answering).
-    fn wrote_row(&self) -> bool {
-        matches!(self, Self::Transcribed { .. } | Self::Skipped { .. } | Self::DeadLettered { .. })
     }
 }
 
 /// `POST /`: a storage event, in any of the three CloudEvent shapes.
 pub async fn handle(State(service): State<Service>, Incoming(event): Incoming) -> Response {
     let outcome = process(&service, event).await;
-    if outcome.wrote_row() {
+    if !matches!(outcome, Outcome::Early(_)) {
         // On Cloud Run this function has CPU only while it answers: deliver the row now. Rows left behind
         // (a failed insert) wait in the outbox for the next flush, here or in another function.
         let p = &service.ports;
         callflow::runtime::analytics_outbox::flush(p.state.as_ref(), p.analytics.as_ref(), p.clock.as_ref()).await;
     }
     match outcome {
-        Outcome::Busy { until } => storage_stage::respond(&Early::Busy { until }),
-        Outcome::Retry { error } => storage_stage::respond(&Early::Retry { error }),
-        acked => storage_stage::acknowledge(acked.name()),
+        Outcome::Early(early) => storage_stage::respond(&early),
+        done => storage_stage::acknowledge(done.name()),
     }
 }
 
 fn millis_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-impl From<Early> for Outcome {
-    fn from(early: Early) -> Self {
-        match early {
-            Early::Duplicate => Self::Duplicate,
-            Early::NotNeeded { why } => Self::NotNeeded { why },
-            Early::Refused { reason } => Self::Refused { reason },
-            Early::Busy { until } => Self::Busy { until },
-            Early::Retry { error } => Self::Retry { error },
-        }
-    }
 }
 
 /// Handle one delivery. Public for tests and the benchmark, which call it without HTTP.
@@ -133,7 +97,7 @@ pub async fn process(service: &Service, event: Result<IncomingEvent, EventError>
     let deps = Deps { tenants: p.tenants.as_ref(), state: p.state.as_ref(), clock: p.clock.as_ref() };
     let Admitted { tenant, call, object, claim } = match storage_stage::admit(&spec, &deps, event).await {
         Ok(a) => a,
-        Err(early) => return early.into(),
+        Err(early) => return Outcome::Early(early),
     };
     let span = tracing::info_span!(
         "transcribe",
@@ -145,7 +109,7 @@ pub async fn process(service: &Service, event: Result<IncomingEvent, EventError>
     async move {
         let outcome = run.work(&tenant).await;
         match &outcome {
-            Outcome::Retry { error } => {
+            Outcome::Early(Early::Retry { error }) => {
                 tracing::warn!(error = %error, "transcription failed; the event will be redelivered")
             }
             Outcome::DeadLettered { reason } => tracing::error!(reason = %reason, "call dead-lettered"),
@@ -212,16 +176,23 @@ impl Run<'_> {
     async fn transcribe(&self, engine: EngineChoice, language: String) -> Outcome {
         let p = &self.service.ports;
         let (bucket, name) = (&self.service.settings.recordings_bucket, self.recording_name());
-        // The engine reads the live object: it must still be this event's generation.
-        match p.objects.head(bucket, &name).await {
-            Ok(Some(info)) if info.generation == self.object.generation => {}
-            Ok(Some(info)) => {
+        // The engine reads the live object: it must still be this event's generation. The offline engine needs the
+        // bytes, so for it one read gives both; Speech-to-Text reads the object itself, so the metadata is enough.
+        let read = match engine {
+            EngineChoice::Google => p.objects.head(bucket, &name).await.map(|o| o.map(|info| (info, None))),
+            EngineChoice::Offline => {
+                p.objects.get(bucket, &name).await.map(|o| o.map(|(info, body)| (info, Some(body))))
+            }
+        };
+        let data = match read {
+            Ok(Some((info, data))) if info.generation == self.object.generation => data,
+            Ok(Some((info, _))) => {
                 let why = format!("superseded by generation {}", info.generation);
                 return self.finish_quietly(why).await;
             }
             Ok(None) => return self.finish_quietly("the recording was deleted".into()).await,
-            Err(e) => return self.fail(format!("reading the recording's metadata: {e}"), e.retryable).await,
-        }
+            Err(e) => return self.fail(format!("reading the recording: {e}"), e.retryable).await,
+        };
         // An earlier attempt wrote (and paid for) this generation's transcript, then crashed before committing.
         match p.objects.get(&self.service.settings.transcripts_bucket, &self.transcript_name()).await {
             Ok(Some((info, body))) if self.made_from_this_recording(&info) => {
@@ -232,14 +203,6 @@ impl Run<'_> {
             Ok(_) => {}
             Err(e) => return self.fail(format!("reading an earlier transcript: {e}"), e.retryable).await,
         }
-        let data = match engine {
-            EngineChoice::Google => None,
-            EngineChoice::Offline => match p.objects.get(bucket, &name).await {
-                Ok(Some((info, body))) if info.generation == self.object.generation => Some(body),
-                Ok(_) => return self.finish_quietly("the recording changed while being read".into()).await,
-                Err(e) => return self.fail(format!("reading the recording: {e}"), e.retryable).await,
-            },
-        };
         let lead = &self.call.lead;
         let audio = AudioRef {
             bucket: bucket.clone(),
@@ -349,7 +312,7 @@ impl Run<'_> {
     async fn finish_quietly(&self, why: String) -> Outcome {
         let completion = Completion::default();
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
-            Ok(_) => Outcome::NotNeeded { why },
+            Ok(_) => Outcome::Early(Early::NotNeeded { why }),
             Err(e) => self.release(format!("finishing: {e}")).await,
         }
     }
@@ -374,7 +337,7 @@ impl Run<'_> {
     async fn release(&self, error: String) -> Outcome {
         // If the release itself fails, the lease runs out and the next delivery takes the claim then.
         let _ = self.service.ports.state.release_stage(&self.claim, &error).await;
-        Outcome::Retry { error }
+        Outcome::Early(Early::Retry { error })
     }
 
     /// Commit the claim with the call's transition and its analytics row. `None`: committed (the caller's
@@ -407,17 +370,14 @@ impl Run<'_> {
                 // The object can arrive before on-webhook's own transition commits; set it here too.
                 recording_object: recording_object.clone(),
             }),
-            follow_up: vec![NewWork {
-                kind: WorkKind::Analytics,
-                payload: serde_json::to_value(&row).expect("rows serialize"),
-            }],
+            follow_up: vec![row.work()],
             dead_letter: (done.to == Some(CallState::DeadLettered)).then(|| done.reason.unwrap_or("").to_owned()),
             analysis: None,
         };
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
             Ok(true) => None,
             // Our lease ran out and another delivery holds the claim now: it finishes the work.
-            Ok(false) => Some(Outcome::Busy { until: now }),
+            Ok(false) => Some(Outcome::Early(Early::Busy { until: now })),
             Err(e) => Some(self.release(format!("committing: {e}")).await),
         }
     }

@@ -52,12 +52,7 @@ impl Settings {
 
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let common = Common::from_lookup(&var)?;
-        let trigger = common
-            .triggers
-            .triggers
-            .iter()
-            .find(|t| t.name == TRIGGER)
-            .ok_or_else(|| anyhow::anyhow!("eventarc/ defines no trigger {TRIGGER:?}"))?;
+        let trigger = common.trigger(TRIGGER)?;
         let (max_delivery_attempts, timeout) = (trigger.retry.max_delivery_attempts, trigger.timeout);
         let default_analyzer = match var("CALLFLOW_ANALYZER").filter(|v| !v.is_empty()).as_deref() {
             Some("rules") => AnalyzerChoice::Rules,

@@ -21,7 +21,7 @@ use callflow::domain::rules::{self, CallFacts, RULES_ANALYZER};
 use callflow::domain::stage_object::{Expected, StageObject};
 use callflow::domain::tenant::{AnalyzerChoice, Tenant};
 use callflow::domain::transcript::{Quality, Segment, Transcript};
-use callflow::domain::work::{Completion, NewWork, PublishMessage, Transition, WorkKind};
+use callflow::domain::work::{Completion, PublishMessage, Transition};
 use callflow::domain::{CallRecord, CallState};
 use callflow::ports::{Finish, GenerateRequest, StageClaim};
 use callflow::runtime::cloudevent::{EventError, Incoming, IncomingEvent};
@@ -291,7 +291,7 @@ impl Run<'_> {
             Outcome::Analysed { analyzer: analysis.analyzer.clone(), fallback: analysis.fallback_reason.clone() };
         let completion = Completion {
             transition: Some(Transition { to: CallState::Analysed, reason: None, recording_object: None }),
-            follow_up: vec![analytics(&row), message.work()],
+            follow_up: vec![row.work(), message.work()],
             dead_letter: None,
             analysis: Some(analysis),
         };
@@ -344,7 +344,7 @@ impl Run<'_> {
                 reason: Some(reason.clone()),
                 recording_object: None,
             }),
-            follow_up: vec![analytics(&row)],
+            follow_up: vec![row.work()],
             dead_letter: Some(reason.clone()),
             analysis: None,
         };
@@ -353,10 +353,6 @@ impl Run<'_> {
             Err(e) => self.release(format!("committing: {e}")).await,
         }
     }
-}
-
-fn analytics(row: &callflow::domain::analytics::AnalyticsRow) -> NewWork {
-    NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(row).expect("rows serialize") }
 }
 
 fn speaker(s: &Segment) -> &'static str {

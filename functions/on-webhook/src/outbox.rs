@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use callflow::domain::analytics::{AnalyticsRow, StageEvent};
+use callflow::domain::analytics::StageEvent;
 use callflow::domain::work::{Completion, NewWork, Transition, WorkItem, WorkKind, not_before};
 use callflow::domain::{CallRecord, CallState};
 use callflow::ports::{NewObject, VendorError};
@@ -44,10 +44,6 @@ pub enum FetchOutcome {
 
 fn unit_random() -> f64 {
     rand::random::<f64>()
-}
-
-fn analytics_work(row: &AnalyticsRow) -> NewWork {
-    NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(row).expect("rows serialize") }
 }
 
 /// How a fetch ended, as the analytics row records it.
@@ -83,7 +79,7 @@ fn fetch_row(
         audio_secs: None,
     }
     .into_row(&item.id.to_string());
-    analytics_work(&row)
+    row.work()
 }
 
 /// Fetch one call's recording into the recordings bucket and move the call on, or schedule a retry, or

@@ -19,6 +19,14 @@ pub struct AnalyticsRow {
 }
 
 impl AnalyticsRow {
+    /// The outbox work that streams this row, committed with the change it records.
+    pub fn work(&self) -> super::work::NewWork {
+        super::work::NewWork {
+            kind: super::work::WorkKind::Analytics,
+            payload: serde_json::to_value(self).expect("rows serialize"),
+        }
+    }
+
     /// Set one more column (one a stage adds beyond the common ones); null values are left out.
     pub fn set(mut self, column: &str, value: Value) -> Self {
         if !value.is_null() {

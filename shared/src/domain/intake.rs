@@ -93,7 +93,7 @@ fn analytics_work(record: &CallRecord, outcome: IntakeOutcome, event: &IntakeEve
         audio_secs: None,
     }
     .into_row(&event.dedupe_key);
-    NewWork { kind: WorkKind::Analytics, payload: serde_json::to_value(&row).expect("analytics rows serialize") }
+    row.work()
 }
 
 pub const REASON_UNANSWERED: &str = "unanswered";

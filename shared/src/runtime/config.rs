@@ -52,6 +52,15 @@ impl Common {
         })
     }
 
+    /// The trigger named `name` in the definitions (a function finds its own retry budget and timeout here).
+    pub fn trigger(&self, name: &str) -> anyhow::Result<&crate::eventarc::Trigger> {
+        self.triggers
+            .triggers
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| anyhow::anyhow!("eventarc/ defines no trigger {name:?}"))
+    }
+
     /// The real name of the bucket bound to `role`, or an error naming the environment that lacks it.
     pub fn bucket(&self, role: &str) -> anyhow::Result<String> {
         self.triggers.bucket(role).map(str::to_owned).ok_or_else(|| {
