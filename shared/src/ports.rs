@@ -94,6 +94,42 @@ pub trait StateStore: Send + Sync {
     /// The call's analysis (stored by a completion that carried one).
     async fn analysis(&self, tenant: &TenantId, call: &CallId)
     -> PortResult<Option<crate::domain::analysis::Analysis>>;
+
+    /// The call's CRM delivery (stored by a completion that carried one).
+    async fn delivery(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<crate::domain::crm::CrmDelivery>>;
+
+    /// Ask the tenant's circuit breaker `key` (e.g. `crm:hubspot`) whether a call may go through now, in one
+    /// transaction (so instances share one circuit): `Breaker::admit` on the stored state.
+    async fn breaker_admit(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: DateTime<Utc>,
+        policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<crate::domain::breaker::Admit>;
+
+    /// Record a call's outcome on the breaker (`Breaker::record`, in one transaction); the transition it caused.
+    async fn breaker_record(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        success: bool,
+        now: DateTime<Utc>,
+        policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<Option<&'static str>>;
+
+    /// The breaker's stored state (closed and clean when never used).
+    async fn breaker(&self, tenant: &TenantId, key: &str) -> PortResult<crate::domain::breaker::Breaker>;
+
+    /// Replay a dead letter once: mark it replayed and, in the same transaction, move its call from
+    /// `dead_lettered` back to `revive_to` (when given) and enqueue `follow_up` for its call. `false` (nothing
+    /// changed) when it was already replayed or does not exist.
+    async fn replay_dead_letter(
+        &self,
+        id: &str,
+        revive_to: Option<crate::domain::CallState>,
+        follow_up: Vec<crate::domain::work::NewWork>,
+    ) -> PortResult<bool>;
 }
 
 /// An event a stage refused, as the dead letter keeps it. The ids are the event's claims, possibly wrong or
@@ -122,6 +158,8 @@ impl RefusedEvent {
 /// stage key's first part, e.g. `transcribe`), or a refused event (`event:{stage}`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// Stable, for inspecting and replaying it.
+    pub id: String,
     pub tenant_id: String,
     pub call_id: String,
     pub kind: String,
@@ -129,6 +167,8 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub reason: String,
     pub created_at: DateTime<Utc>,
+    /// When it was replayed (it is kept, for the record).
+    pub replayed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,15 +423,17 @@ pub trait LanguageModel: Send + Sync {
     async fn generate(&self, request: &GenerateRequest) -> Result<Generated, VendorError>;
 }
 
-/// A lead as a CRM connector pushes it: the mapped properties, our whole document, and the key that makes a
-/// second push of the same call find the first record instead of making another.
+/// A lead as a CRM connector pushes it: our lead, its properties after the tenant's field mapping, and the key
+/// that makes a second push of the same call find the first record instead of making another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadPush {
     pub tenant_id: TenantId,
     pub call_id: CallId,
-    /// Unique per (tenant, call): the CRM-side dedupe key (external id, idempotency key, `webhook-id`).
+    /// Unique per (tenant, call) (`lead.lead_key`): the CRM-side dedupe key (external id, idempotency key,
+    /// `webhook-id`).
     pub idempotency_key: String,
-    /// CRM properties after the tenant's field mapping.
+    pub lead: crate::domain::crm::Lead,
+    /// CRM properties after the tenant's field mapping (`Lead::properties`).
     pub properties: serde_json::Map<String, serde_json::Value>,
     /// The lead as our JSON document (what the custom webhook sends).
     pub document: serde_json::Value,
@@ -401,14 +443,32 @@ pub struct LeadPush {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrmRecord {
     pub id: String,
-    /// False when the CRM already had it (a redelivery, or a push retried after a lost answer).
+    /// False when the CRM already had it (a redelivery, a push retried after a lost answer, a duplicate rule's
+    /// match).
     pub created: bool,
 }
 
 #[async_trait]
 pub trait CrmConnector: Send + Sync {
-    /// `hubspot`, `salesforce`, `pipedrive`, `webhook`.
-    fn provider(&self) -> &'static str;
-    /// Push one lead with the tenant's credential (token, key or signing secret).
-    async fn push(&self, lead: &LeadPush, credential: &Secret) -> Result<CrmRecord, VendorError>;
+    fn provider(&self) -> crate::domain::crm::CrmProvider;
+    /// Push one lead to the CRM `target` describes, with the tenant's credential (token, key or signing
+    /// secret). Pushing the same lead again must not make a second record.
+    async fn push(
+        &self,
+        target: &crate::domain::crm::CrmSettings,
+        lead: &LeadPush,
+        credential: &Secret,
+    ) -> Result<CrmRecord, VendorError>;
+}
+
+/// Sends a notice to people (Slack, email). `credential` is the address's secret: the Slack webhook URL, the
+/// SendGrid API key.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn send(
+        &self,
+        address: &crate::domain::workflow::NoticeAddress,
+        notice: &crate::domain::workflow::Notice,
+        credential: &Secret,
+    ) -> Result<(), VendorError>;
 }

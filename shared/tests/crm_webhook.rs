@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use callflow::adapters::crm_webhook::WebhookCrm;
+use callflow::adapters::http;
+use callflow::domain::crm::{CrmSettings, Lead};
 use callflow::domain::signature::{StandardWebhookHeaders, standard_webhooks_key, verify_standard_webhook};
 use callflow::domain::{CallId, TenantId};
-use callflow::ports::{CrmConnector, LeadPush, Secret, VendorError};
+use callflow::ports::{CrmConnector, CrmRecord, LeadPush, Secret, VendorError};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
@@ -32,17 +34,28 @@ impl Match for Signed {
 }
 
 fn lead() -> LeadPush {
+    let lead: Lead = serde_json::from_str(include_str!("../../fixtures/crm/lead.json")).unwrap();
     LeadPush {
         tenant_id: TenantId::parse("acme").unwrap(),
         call_id: CallId::parse("CAL1").unwrap(),
         idempotency_key: "callflow:acme:CAL1".into(),
         properties: serde_json::Map::new(),
         document: json!({"schema_version": 1, "call_id": "CAL1", "project_type": "kitchen", "lead_score": 82}),
+        lead,
     }
 }
 
-fn crm(server: &MockServer, timeout: Duration) -> WebhookCrm {
-    WebhookCrm::new(format!("{}/leads", server.uri()), timeout).unwrap()
+fn target(url: String, timeout: Duration) -> CrmSettings {
+    serde_json::from_value(json!({
+        "provider": "webhook", "credential": "env:UNUSED", "url": url, "timeout_ms": timeout.as_millis() as u64
+    }))
+    .unwrap()
+}
+
+/// One push to the server's `/leads` with the given time limit.
+async fn push(server: &MockServer, timeout: Duration, secret: &Secret) -> Result<CrmRecord, VendorError> {
+    let target = target(format!("{}/leads", server.uri()), timeout);
+    WebhookCrm::new(http::client()).push(&target, &lead(), secret).await
 }
 
 async fn answering(template: ResponseTemplate) -> MockServer {
@@ -54,9 +67,9 @@ async fn answering(template: ResponseTemplate) -> MockServer {
 #[tokio::test]
 async fn a_signed_lead_is_delivered_and_a_redelivery_carries_the_same_id() {
     let server = answering(ResponseTemplate::new(201).set_body_json(json!({"id": "lead_829"}))).await;
-    let record = crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new(SECRET)).await.unwrap();
+    let record = push(&server, Duration::from_secs(5), &Secret::new(SECRET)).await.unwrap();
     assert_eq!((record.id.as_str(), record.created), ("lead_829", true));
-    crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new(SECRET)).await.unwrap();
+    push(&server, Duration::from_secs(5), &Secret::new(SECRET)).await.unwrap();
     let sent = server.received_requests().await.unwrap();
     assert_eq!(sent.len(), 2);
     let ids: Vec<&str> = sent.iter().map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap()).collect();
@@ -68,10 +81,10 @@ async fn a_signed_lead_is_delivered_and_a_redelivery_carries_the_same_id() {
 #[tokio::test]
 async fn an_empty_2xx_uses_our_id_and_409_is_already_delivered() {
     let server = answering(ResponseTemplate::new(204)).await;
-    let record = crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new(SECRET)).await.unwrap();
+    let record = push(&server, Duration::from_secs(5), &Secret::new(SECRET)).await.unwrap();
     assert_eq!((record.id.as_str(), record.created), ("callflow:acme:CAL1", true));
     let server = answering(ResponseTemplate::new(409).set_body_json(json!({"id": 829, "error": "duplicate"}))).await;
-    let record = crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new(SECRET)).await.unwrap();
+    let record = push(&server, Duration::from_secs(5), &Secret::new(SECRET)).await.unwrap();
     assert_eq!((record.id.as_str(), record.created), ("829", false));
 }
 
@@ -88,7 +101,7 @@ async fn failures_are_classified_for_retry_or_dead_letter() {
     ];
     for (template, what, retryable) in cases {
         let server = answering(template).await;
-        let err = crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new(SECRET)).await.unwrap_err();
+        let err = push(&server, Duration::from_secs(5), &Secret::new(SECRET)).await.unwrap_err();
         match (&err, what) {
             (VendorError::RateLimited { retry_after: Some(d) }, "RateLimited(30)") => {
                 assert_eq!(*d, Duration::from_secs(30))
@@ -110,24 +123,23 @@ async fn failures_are_classified_for_retry_or_dead_letter() {
 async fn slow_receivers_time_out_and_refused_connections_are_retryable() {
     let server = answering(ResponseTemplate::new(200).set_delay(Duration::from_secs(3))).await;
     let started = std::time::Instant::now();
-    let err = crm(&server, Duration::from_millis(300)).push(&lead(), &Secret::new(SECRET)).await.unwrap_err();
+    let err = push(&server, Duration::from_millis(300), &Secret::new(SECRET)).await.unwrap_err();
     assert!(matches!(err, VendorError::Timeout), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let err = WebhookCrm::new(format!("http://{closed}/leads"), Duration::from_secs(2))
-        .unwrap()
-        .push(&lead(), &Secret::new(SECRET))
-        .await
-        .unwrap_err();
+    let target = target(format!("http://{closed}/leads"), Duration::from_secs(2));
+    let err = WebhookCrm::new(http::client()).push(&target, &lead(), &Secret::new(SECRET)).await.unwrap_err();
     assert!(matches!(err, VendorError::Transport(_)) && err.is_retryable(), "{err:?}");
 }
 
 #[tokio::test]
 async fn an_unusable_secret_is_a_permanent_error_and_sends_nothing() {
     let server = answering(ResponseTemplate::new(200)).await;
-    let err = crm(&server, Duration::from_secs(5)).push(&lead(), &Secret::new("whsec_!!!")).await.unwrap_err();
+    let err = push(&server, Duration::from_secs(5), &Secret::new("whsec_!!!")).await.unwrap_err();
     assert!(matches!(err, VendorError::Status { status: 401, .. }) && !err.is_retryable(), "{err:?}");
     assert!(server.received_requests().await.unwrap().is_empty());
-    assert!(WebhookCrm::new("ftp://example.com", Duration::from_secs(1)).is_err());
+    let no_url: CrmSettings = serde_json::from_value(json!({"provider": "webhook", "credential": "env:W"})).unwrap();
+    let err = WebhookCrm::new(http::client()).push(&no_url, &lead(), &Secret::new(SECRET)).await.unwrap_err();
+    assert!(matches!(err, VendorError::Status { status: 400, .. }) && !err.is_retryable(), "{err:?}");
 }

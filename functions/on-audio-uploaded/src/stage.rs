@@ -373,6 +373,7 @@ impl Run<'_> {
             follow_up: vec![row.work()],
             dead_letter: (done.to == Some(CallState::DeadLettered)).then(|| done.reason.unwrap_or("").to_owned()),
             analysis: None,
+            delivery: None,
         };
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
             Ok(true) => None,

@@ -185,7 +185,7 @@ impl Run<'_> {
     async fn gemini(&self, tenant: &Tenant, t: &Transcript, redacted: &[Segment], facts: CallFacts) -> Produced {
         let (settings, p) = (&self.service.settings, &self.service.ports);
         let now = p.clock.now();
-        let admitted = self.service.breaker.lock().expect("breaker lock").admit(now);
+        let admitted = self.service.breaker.lock().expect("breaker lock").admit(now, &settings.breaker);
         if admitted == Admit::Reject {
             return self.rules(redacted, facts, tenant, Some("gemini: circuit open".into()));
         }
@@ -294,6 +294,7 @@ impl Run<'_> {
             follow_up: vec![row.work(), message.work()],
             dead_letter: None,
             analysis: Some(analysis),
+            delivery: None,
         };
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
             Ok(true) => outcome,
@@ -347,6 +348,7 @@ impl Run<'_> {
             follow_up: vec![row.work()],
             dead_letter: Some(reason.clone()),
             analysis: None,
+            delivery: None,
         };
         match self.service.ports.state.finish_stage(&self.claim, completion).await {
             Ok(_) => Outcome::DeadLettered { reason },

@@ -138,6 +138,7 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                 )],
                 dead_letter: None,
                 analysis: None,
+                delivery: None,
             };
             return finish(service, &item, completion, FetchOutcome::NoRecording).await;
         }
@@ -190,6 +191,7 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
                 )],
                 dead_letter: None,
                 analysis: None,
+                delivery: None,
             };
             let outcome = FetchOutcome::Stored { object: location, bytes: info.size };
             finish(service, &item, completion, outcome).await
@@ -251,6 +253,7 @@ async fn dead_letter(
         follow_up,
         dead_letter: Some(reason.to_owned()),
         analysis: None,
+        delivery: None,
     };
     finish(service, item, completion, FetchOutcome::DeadLettered { reason: reason.to_owned() }).await
 }

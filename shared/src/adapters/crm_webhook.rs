@@ -14,30 +14,19 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::http::{retry_after, transport};
+use crate::domain::crm::{CrmProvider, CrmSettings};
 use crate::domain::signature::{sign_standard_webhook, standard_webhooks_key};
 use crate::ports::{CrmConnector, CrmRecord, LeadPush, Secret, VendorError};
 
-pub const PROVIDER: &str = "webhook";
-
+/// One client for every tenant's receiver; the URL and time limit come with each push.
 #[derive(Clone)]
 pub struct WebhookCrm {
     http: reqwest::Client,
-    url: String,
 }
 
 impl WebhookCrm {
-    pub fn new(url: impl Into<String>, timeout: Duration) -> anyhow::Result<Self> {
-        let url = url.into();
-        anyhow::ensure!(
-            url.starts_with("https://") || url.starts_with("http://"),
-            "webhook URL {url:?} is not http(s)"
-        );
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("callflow/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, url })
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
     }
 }
 
@@ -52,11 +41,15 @@ fn record_id(body: &[u8]) -> Option<String> {
 
 #[async_trait]
 impl CrmConnector for WebhookCrm {
-    fn provider(&self) -> &'static str {
-        PROVIDER
+    fn provider(&self) -> CrmProvider {
+        CrmProvider::Webhook
     }
 
-    async fn push(&self, lead: &LeadPush, credential: &Secret) -> Result<CrmRecord, VendorError> {
+    async fn push(&self, target: &CrmSettings, lead: &LeadPush, credential: &Secret) -> Result<CrmRecord, VendorError> {
+        let url = target.url.as_deref().ok_or_else(|| VendorError::Status {
+            status: 400,
+            message: "the tenant's crm.url (the receiving URL) is not set".into(),
+        })?;
         let key = standard_webhooks_key(credential.expose()).map_err(|e| VendorError::Status {
             status: 401,
             message: format!("the signing secret is unusable: {e}"),
@@ -66,7 +59,8 @@ impl CrmConnector for WebhookCrm {
         let signature = sign_standard_webhook(&key, &lead.idempotency_key, timestamp, &body);
         let resp = self
             .http
-            .post(&self.url)
+            .post(url)
+            .timeout(Duration::from_millis(target.timeout_ms))
             .header("content-type", "application/json")
             .header("webhook-id", &lead.idempotency_key)
             .header("webhook-timestamp", timestamp.to_string())

@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use crate::ports::VendorError;
 
+/// The client every vendor connector shares: connection pools are per client, so one client serves every tenant.
+/// Each request sets its own time limit; this one bounds connecting.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("callflow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client builds (TLS roots load)")
+}
+
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();

@@ -2,6 +2,9 @@
 
 pub mod bigquery;
 pub mod callrail;
+pub mod crm_hubspot;
+pub mod crm_pipedrive;
+pub mod crm_salesforce;
 pub mod crm_webhook;
 pub mod dir_objects;
 pub mod gcs;
@@ -9,6 +12,8 @@ pub mod gemini;
 pub mod http;
 pub mod local_router;
 pub mod local_secrets;
+pub mod notify_sendgrid;
+pub mod notify_slack;
 pub mod pocketsphinx;
 pub mod pubsub;
 pub mod secret_manager;

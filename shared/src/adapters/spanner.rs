@@ -321,6 +321,48 @@ impl SpannerStateStore {
 
 #[async_trait]
 impl StateStore for SpannerStateStore {
+    async fn delivery(
+        &self,
+        _tenant: &TenantId,
+        _call: &CallId,
+    ) -> PortResult<Option<crate::domain::crm::CrmDelivery>> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker_admit(
+        &self,
+        _tenant: &TenantId,
+        _key: &str,
+        _now: DateTime<Utc>,
+        _policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<crate::domain::breaker::Admit> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker_record(
+        &self,
+        _tenant: &TenantId,
+        _key: &str,
+        _success: bool,
+        _now: DateTime<Utc>,
+        _policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<Option<&'static str>> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker(&self, _tenant: &TenantId, _key: &str) -> PortResult<crate::domain::breaker::Breaker> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        _id: &str,
+        _revive_to: Option<CallState>,
+        _follow_up: Vec<NewWork>,
+    ) -> PortResult<bool> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
     async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult> {
         self.rw(|tx| {
             let event = event.clone();
@@ -545,6 +587,8 @@ impl StateStore for SpannerStateStore {
             let read = || -> Result<DeadLetter, SpannerError> {
                 let payload: String = row.column_by_name("payload")?;
                 Ok(DeadLetter {
+                    id: String::new(),
+                    replayed_at: None,
                     tenant_id: row.column_by_name("tenant_id")?,
                     call_id: row.column_by_name("call_id")?,
                     kind: row.column_by_name("kind")?,

@@ -26,13 +26,26 @@ impl FileTenants {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read tenants file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("tenants file {}: {e}", path.display()))
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, dir).map_err(|e| anyhow::anyhow!("tenants file {}: {e}", path.display()))
     }
 
+    /// Parse a tenants file whose `workflow_file`s are relative to the current directory.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::parse_in(text, Path::new("."))
+    }
+
+    fn parse_in(text: &str, dir: &Path) -> anyhow::Result<Self> {
         let file: TenantsFile = toml::from_str(text)?;
         let mut tenants = HashMap::new();
-        for tenant in file.tenants {
+        for mut tenant in file.tenants {
+            if let Some(name) = tenant.workflow_file.take() {
+                let path = dir.join(&name);
+                let json = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("tenant {}: workflow_file {}: {e}", tenant.id, path.display()))?;
+                tenant.workflow = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("tenant {}: workflow_file {}: {e}", tenant.id, path.display()))?;
+            }
             tenant.validate()?;
             let id = tenant.id.clone();
             if tenants.insert(id.clone(), Arc::new(tenant)).is_some() {

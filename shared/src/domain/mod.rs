@@ -5,7 +5,9 @@ pub mod analytics;
 pub mod breaker;
 pub mod call;
 pub mod callrail;
+pub mod crm;
 pub mod form;
+pub mod geo;
 pub mod ids;
 pub mod intake;
 pub mod pii;
@@ -16,6 +18,7 @@ pub mod stage_object;
 pub mod tenant;
 pub mod transcript;
 pub mod work;
+pub mod workflow;
 
 pub use call::{CallRecord, CallSource, CallState, LeadDetails};
 pub use ids::{CallId, TenantId};

@@ -139,12 +139,16 @@ pub struct Tenant {
     /// How calls are analysed (on-transcript); defaults when absent.
     #[serde(default)]
     pub analysis: AnalysisSettings,
-    /// CRM provider, credentials reference and field mapping; read by on-analysis.
+    /// CRM provider, credential reference and field mapping (on-analysis). Absent: leads are accepted without a
+    /// push (notifications still go out).
     #[serde(default)]
-    pub crm: Option<serde_json::Value>,
-    /// Workflow config (spam gate, service area, thresholds, notifications); read by on-analysis.
+    pub crm: Option<super::crm::CrmSettings>,
+    /// Spam gate, service area, minimum score, notification rules (on-analysis); the defaults when absent.
     #[serde(default)]
-    pub workflow: Option<serde_json::Value>,
+    pub workflow: super::workflow::Workflow,
+    /// The workflow as a JSON document beside the tenants file, instead of an inline `[tenant.workflow]` table.
+    #[serde(default, skip_serializing)]
+    pub workflow_file: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,12 @@ impl Tenant {
         {
             return fail(format!("analysis.model {model:?} is not a model id (e.g. gemini-2.5-flash)"));
         }
+        if let Some(crm) = &self.crm {
+            crm.validate().map_err(|message| TenantConfigError::Invalid { tenant: self.id.to_string(), message })?;
+        }
+        self.workflow
+            .validate()
+            .map_err(|message| TenantConfigError::Invalid { tenant: self.id.to_string(), message })?;
         if let Some(forms) = &self.forms {
             if forms.signing_keys.len() > MAX_ACTIVE_KEYS {
                 return fail(format!(

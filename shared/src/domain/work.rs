@@ -17,6 +17,8 @@ pub enum WorkKind {
     Analytics,
     /// Publish one message (a `PublishMessage`) on a topic.
     Publish,
+    /// Send one notification (a `NoticeWork`): Slack or email, retried on its own, never touching the lead.
+    Notify,
 }
 
 impl WorkKind {
@@ -25,10 +27,11 @@ impl WorkKind {
             Self::FetchRecording => "fetch_recording",
             Self::Analytics => "analytics",
             Self::Publish => "publish",
+            Self::Notify => "notify",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::FetchRecording, Self::Analytics, Self::Publish].into_iter().find(|k| k.as_str() == s)
+        [Self::FetchRecording, Self::Analytics, Self::Publish, Self::Notify].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -53,6 +56,22 @@ pub struct PublishMessage {
 impl PublishMessage {
     pub fn work(&self) -> NewWork {
         NewWork { kind: WorkKind::Publish, payload: serde_json::to_value(self).expect("messages serialize") }
+    }
+}
+
+/// A notification to send, committed with the event it announces (the payload of `WorkKind::Notify`). It names
+/// the secret by reference; the value is read when sending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeWork {
+    /// The rule that asked for it.
+    pub rule: String,
+    pub address: super::workflow::NoticeAddress,
+    pub notice: super::workflow::Notice,
+}
+
+impl NoticeWork {
+    pub fn work(&self) -> NewWork {
+        NewWork { kind: WorkKind::Notify, payload: serde_json::to_value(self).expect("notices serialize") }
     }
 }
 
@@ -103,6 +122,8 @@ pub struct Completion {
     pub dead_letter: Option<String>,
     /// The call's analysis, stored with the transition to `analysed` (replacing any earlier one).
     pub analysis: Option<super::analysis::Analysis>,
+    /// The call's CRM record, stored with the transition to `delivered`.
+    pub delivery: Option<super::crm::CrmDelivery>,
 }
 
 /// Exponential backoff with full jitter, bounded in attempts.

@@ -271,6 +271,48 @@ impl SqliteStateStore {
 
 #[async_trait]
 impl StateStore for SqliteStateStore {
+    async fn delivery(
+        &self,
+        _tenant: &TenantId,
+        _call: &CallId,
+    ) -> PortResult<Option<crate::domain::crm::CrmDelivery>> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker_admit(
+        &self,
+        _tenant: &TenantId,
+        _key: &str,
+        _now: DateTime<Utc>,
+        _policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<crate::domain::breaker::Admit> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker_record(
+        &self,
+        _tenant: &TenantId,
+        _key: &str,
+        _success: bool,
+        _now: DateTime<Utc>,
+        _policy: &crate::domain::breaker::BreakerPolicy,
+    ) -> PortResult<Option<&'static str>> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn breaker(&self, _tenant: &TenantId, _key: &str) -> PortResult<crate::domain::breaker::Breaker> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        _id: &str,
+        _revive_to: Option<CallState>,
+        _follow_up: Vec<NewWork>,
+    ) -> PortResult<bool> {
+        Err(PortError::permanent("not yet implemented"))
+    }
+
     async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult> {
         self.writer
             .write(move |conn| {
@@ -483,6 +525,8 @@ impl StateStore for SqliteStateStore {
             let rows = stmt.query_map(params![tenant, limit as i64], |r| {
                 let payload: String = r.get(3)?;
                 Ok(DeadLetter {
+                    id: String::new(),
+                    replayed_at: None,
                     tenant_id: r.get(0)?,
                     call_id: r.get(1)?,
                     kind: r.get(2)?,
