@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use callflow::adapters::spanner::SpannerStateStore;
 use callflow::adapters::sqlite::{Durability, SqliteStateStore};
+use callflow::domain::breaker::{Admit, Breaker, BreakerPolicy};
+use callflow::domain::crm::CrmDelivery;
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
 use callflow::ports::{Claim, RefusedEvent, StateStore};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
     IntakeEvent {
@@ -265,6 +267,191 @@ async fn analyses_are_stored_with_the_transition(store: Arc<dyn StateStore>) {
     assert_eq!(store.analysis(&TenantId::parse("globex").unwrap(), &call).await.unwrap(), None, "tenant-scoped");
 }
 
+fn crm_delivery(record_id: &str) -> CrmDelivery {
+    CrmDelivery {
+        provider: "hubspot".into(),
+        record_id: record_id.into(),
+        created: true,
+        attempts: 2,
+        review: true,
+        // Whole microseconds: what both stores keep.
+        delivered_at: DateTime::from_timestamp_micros(1_700_000_123_456_789).unwrap(),
+    }
+}
+
+/// A delivery is stored by the completion that moves the call to `delivered`, in its transaction; a completion
+/// that lost its lease stores nothing.
+async fn deliveries_are_stored_with_the_transition(store: Arc<dyn StateStore>) {
+    let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALdelivered").unwrap());
+    store.record_intake(event("acme", "CALdelivered", true)).await.unwrap();
+    assert_eq!(store.delivery(&tenant, &call).await.unwrap(), None);
+    let delivered = |record_id: &str| Completion {
+        transition: Some(Transition { to: CallState::Delivered, reason: None, recording_object: None }),
+        delivery: Some(crm_delivery(record_id)),
+        ..Completion::default()
+    };
+
+    // A holder whose lease lapsed (another took the claim) stores nothing and moves nothing.
+    let key = "deliver:crm";
+    let Claim::Claimed(stale) = store.claim_stage(&tenant, &call, key, Duration::from_millis(1)).await.unwrap() else {
+        panic!("claimable")
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Claim::Claimed(fresh) = store.claim_stage(&tenant, &call, key, Duration::from_secs(60)).await.unwrap() else {
+        panic!("a lapsed lease is claimable")
+    };
+    assert!(!store.finish_stage(&stale, delivered("stale-record")).await.unwrap(), "a stale lease finished");
+    assert_eq!(store.delivery(&tenant, &call).await.unwrap(), None, "a stale lease stored a delivery");
+    assert_eq!(store.call(&tenant, &call).await.unwrap().unwrap().state, CallState::Received);
+
+    assert!(store.finish_stage(&fresh, delivered("0061234")).await.unwrap());
+    assert_eq!(store.call(&tenant, &call).await.unwrap().unwrap().state, CallState::Delivered);
+    assert_eq!(store.delivery(&tenant, &call).await.unwrap(), Some(crm_delivery("0061234")));
+    assert_eq!(store.delivery(&TenantId::parse("globex").unwrap(), &call).await.unwrap(), None, "tenant-scoped");
+
+    // Outbox work completes the same way: a stale lease stores nothing.
+    let kinds = [WorkKind::FetchRecording];
+    for queued in store.claim_work(&kinds, 10, Duration::from_secs(60)).await.unwrap() {
+        assert!(store.complete_work(&queued, Completion::default()).await.unwrap());
+    }
+    let other = CallId::parse("CALdelivered2").unwrap();
+    store.record_intake(event("acme", "CALdelivered2", true)).await.unwrap();
+    let old = store.claim_work(&kinds, 1, Duration::from_millis(1)).await.unwrap().pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new = store.claim_work(&kinds, 1, Duration::from_secs(60)).await.unwrap().pop().unwrap();
+    assert_eq!(old.call_id, other);
+    assert!(!store.complete_work(&old, delivered("stale-work")).await.unwrap());
+    assert_eq!(store.delivery(&tenant, &other).await.unwrap(), None, "a stale lease stored a delivery");
+    assert!(store.complete_work(&new, delivered("0065678")).await.unwrap());
+    assert_eq!(store.delivery(&tenant, &other).await.unwrap(), Some(crm_delivery("0065678")));
+    assert_eq!(store.call(&tenant, &other).await.unwrap().unwrap().state, CallState::Delivered);
+}
+
+/// A breaker lives in the store, per tenant and key, so every instance shares one circuit: `again` is a second
+/// handle on the same file or database (another instance).
+async fn breakers_are_shared_and_survive_instances(store: Arc<dyn StateStore>, again: Arc<dyn StateStore>) {
+    let (acme, key) = (TenantId::parse("acme").unwrap(), "crm:hubspot");
+    let policy = BreakerPolicy { threshold: 3, cool_down_secs: 60 };
+    let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let at = move |secs: i64| t0 + chrono::Duration::seconds(secs);
+    assert_eq!(store.breaker(&acme, key).await.unwrap(), Breaker::default());
+    assert_eq!(store.breaker_admit(&acme, key, t0, &policy).await.unwrap(), Admit::Pass);
+
+    // Threshold failures open it, whichever instance saw them.
+    assert_eq!(store.breaker_record(&acme, key, false, t0, &policy).await.unwrap(), None);
+    assert_eq!(again.breaker_record(&acme, key, false, t0, &policy).await.unwrap(), None);
+    assert_eq!(store.breaker_record(&acme, key, false, t0, &policy).await.unwrap(), Some("opened"));
+    let open = Breaker { consecutive_failures: 3, open_until: Some(at(60)), probe_until: None };
+    assert_eq!(store.breaker(&acme, key).await.unwrap(), open);
+
+    // Survives across instances: a fresh handle sees it open and rejects during the cool-down.
+    assert_eq!(again.breaker(&acme, key).await.unwrap(), open);
+    assert_eq!(again.breaker_admit(&acme, key, at(30), &policy).await.unwrap(), Admit::Reject);
+    assert_eq!(store.breaker_admit(&acme, key, at(59), &policy).await.unwrap(), Admit::Reject);
+    // Tenant- and key-scoped.
+    let globex = TenantId::parse("globex").unwrap();
+    assert_eq!(store.breaker_admit(&globex, key, at(30), &policy).await.unwrap(), Admit::Pass);
+    assert_eq!(store.breaker_admit(&acme, "crm:salesforce", at(30), &policy).await.unwrap(), Admit::Pass);
+
+    // After the cool-down, concurrent admits on both instances: exactly one probe.
+    let admits = futures::future::join_all((0..8).map(|i| {
+        let (s, acme) = (if i % 2 == 0 { store.clone() } else { again.clone() }, acme.clone());
+        tokio::spawn(async move { s.breaker_admit(&acme, key, at(61), &policy).await.unwrap() })
+    }))
+    .await;
+    let admits: Vec<Admit> = admits.into_iter().map(Result::unwrap).collect();
+    assert_eq!(admits.iter().filter(|a| **a == Admit::Probe).count(), 1, "{admits:?}");
+    assert!(admits.iter().all(|a| matches!(a, Admit::Probe | Admit::Reject)), "{admits:?}");
+    assert_eq!(store.breaker(&acme, key).await.unwrap().probe_until, Some(at(121)));
+
+    // A failed probe reopens it for another cool-down.
+    assert_eq!(again.breaker_record(&acme, key, false, at(62), &policy).await.unwrap(), Some("opened"));
+    assert_eq!(
+        store.breaker(&acme, key).await.unwrap(),
+        Breaker { consecutive_failures: 4, open_until: Some(at(122)), probe_until: None }
+    );
+    assert_eq!(store.breaker_admit(&acme, key, at(100), &policy).await.unwrap(), Admit::Reject);
+    assert_eq!(store.breaker_admit(&acme, key, at(123), &policy).await.unwrap(), Admit::Probe);
+    assert_eq!(again.breaker_admit(&acme, key, at(124), &policy).await.unwrap(), Admit::Reject, "a probe is out");
+
+    // A successful probe closes it, for every instance.
+    assert_eq!(store.breaker_record(&acme, key, true, at(125), &policy).await.unwrap(), Some("closed"));
+    assert_eq!(again.breaker(&acme, key).await.unwrap(), Breaker::default());
+    assert_eq!(again.breaker_admit(&acme, key, at(126), &policy).await.unwrap(), Admit::Pass);
+    assert_eq!(again.breaker_record(&acme, key, true, at(126), &policy).await.unwrap(), None);
+}
+
+/// A dead letter is replayed once: it is marked, its dead-lettered call revived and the follow-up work queued in
+/// one transaction; a second replay (or an unknown id) changes nothing.
+async fn dead_letters_are_replayed_once(store: Arc<dyn StateStore>) {
+    let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALreplay").unwrap());
+    store.record_intake(event("acme", "CALreplay", true)).await.unwrap();
+    let Claim::Claimed(claim) =
+        store.claim_stage(&tenant, &call, "deliver:crm", Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    let give_up = Completion {
+        transition: Some(Transition {
+            to: CallState::DeadLettered,
+            reason: Some("crm refused".into()),
+            recording_object: None,
+        }),
+        dead_letter: Some("hubspot: 400 invalid property".into()),
+        ..Completion::default()
+    };
+    assert!(store.finish_stage(&claim, give_up).await.unwrap());
+    let refused = RefusedEvent {
+        stage: "on-transcript".into(),
+        tenant_id: "acme".into(),
+        call_id: "CALgone".into(),
+        event_key: "transcripts/acme/CALgone.json#1".into(),
+        event: serde_json::json!({"type": "finalized"}),
+        reason: "no such call".into(),
+    };
+    assert!(store.dead_letter_event(refused).await.unwrap());
+
+    let letters = store.dead_letters(Some("acme"), 10).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|d| !d.id.is_empty() && d.replayed_at.is_none()), "{letters:?}");
+    assert_ne!(letters[0].id, letters[1].id, "ids are distinct");
+    let letter = letters.iter().find(|d| d.call_id == "CALreplay").unwrap().clone();
+    let gone = letters.iter().find(|d| d.call_id == "CALgone").unwrap().clone();
+
+    assert!(!store.replay_dead_letter("999999", Some(CallState::Analysed), vec![]).await.unwrap(), "unknown id");
+    assert!(!store.replay_dead_letter("not-an-id", Some(CallState::Analysed), vec![]).await.unwrap());
+    assert!(!store.replay_dead_letter("", None, vec![]).await.unwrap());
+
+    let follow_up = vec![NewWork { kind: WorkKind::Publish, payload: serde_json::json!({"replay": letter.id}) }];
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    assert!(store.replay_dead_letter(&letter.id, Some(CallState::Analysed), follow_up.clone()).await.unwrap());
+    let revived = store.call(&tenant, &call).await.unwrap().unwrap();
+    assert_eq!((revived.state, revived.state_reason), (CallState::Analysed, None));
+    let work = store.claim_work(&[WorkKind::Publish], 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(work.len(), 1, "{work:?}");
+    assert_eq!((&work[0].tenant_id, &work[0].call_id), (&tenant, &call));
+    assert_eq!(work[0].payload, serde_json::json!({"replay": letter.id}));
+    assert!(store.complete_work(&work[0], Completion::default()).await.unwrap());
+
+    // Once only: a second replay is refused and queues nothing.
+    assert!(!store.replay_dead_letter(&letter.id, Some(CallState::Analysed), follow_up).await.unwrap());
+    assert!(store.claim_work(&[WorkKind::Publish], 10, Duration::from_secs(60)).await.unwrap().is_empty());
+
+    // A replay revives only a dead-lettered call: the refused event's call does not exist.
+    assert!(store.replay_dead_letter(&gone.id, Some(CallState::Analysed), vec![]).await.unwrap());
+    assert!(store.call(&tenant, &CallId::parse("CALgone").unwrap()).await.unwrap().is_none());
+
+    // The listing shows both as replayed, with the same ids; nothing else changed.
+    let after = store.dead_letters(Some("acme"), 10).await.unwrap();
+    assert_eq!(after.len(), 2);
+    for d in &after {
+        let was = letters.iter().find(|l| l.id == d.id).expect("ids are stable");
+        assert_eq!((&d.kind, &d.reason, d.created_at), (&was.kind, &was.reason, was.created_at));
+        let replayed = d.replayed_at.expect("replayed");
+        assert!(replayed >= before && replayed <= Utc::now(), "{replayed}");
+    }
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
@@ -314,6 +501,58 @@ async fn sqlite_analyses_are_stored_with_the_transition() {
 }
 
 #[tokio::test]
+async fn sqlite_deliveries_are_stored_with_the_transition() {
+    let (_d, s) = sqlite().await;
+    deliveries_are_stored_with_the_transition(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_breakers_are_shared_and_survive_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = Arc::new(SqliteStateStore::open(&path, Durability::Full).unwrap());
+    let again = Arc::new(SqliteStateStore::open(&path, Durability::Full).unwrap());
+    breakers_are_shared_and_survive_instances(store, again).await;
+    // A store opened after both are gone still has the circuit (closed again by the last success).
+    let later = SqliteStateStore::open(&path, Durability::Full).unwrap();
+    assert_eq!(later.breaker(&TenantId::parse("acme").unwrap(), "crm:hubspot").await.unwrap(), Breaker::default());
+}
+
+#[tokio::test]
+async fn sqlite_dead_letters_are_replayed_once() {
+    let (_d, s) = sqlite().await;
+    dead_letters_are_replayed_once(s).await;
+}
+
+/// A state file from before dead letters had `replayed_at` gets the column on open and keeps its dead letters.
+#[tokio::test]
+async fn sqlite_an_older_state_file_gains_replayed_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    {
+        let conn = callflow::adapters::sqlite::open_connection(&path, Durability::Full).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE dead_letters (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, call_id TEXT NOT NULL,
+                kind TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL,
+                created_at TEXT NOT NULL);
+             INSERT INTO dead_letters (tenant_id, call_id, kind, payload, attempts, reason, created_at)
+             VALUES ('acme', 'CALold', 'transcribe', '{}', 3, 'old', '2024-01-01T00:00:00.000000Z');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStateStore::open(&path, Durability::Full).unwrap();
+    let old = store.dead_letters(None, 10).await.unwrap();
+    assert_eq!((old.len(), old[0].id.as_str(), old[0].replayed_at), (1, "1", None));
+    assert!(store.replay_dead_letter("1", None, vec![]).await.unwrap());
+    assert!(store.dead_letters(None, 10).await.unwrap()[0].replayed_at.is_some());
+    drop(store);
+    // Opening it again (the column now there) is a no-op.
+    let again = SqliteStateStore::open(&path, Durability::Full).unwrap();
+    assert!(!again.replay_dead_letter("1", None, vec![]).await.unwrap());
+}
+
+#[tokio::test]
 async fn sqlite_retries_wait_until_due() {
     let (_d, s) = sqlite().await;
     retries_wait_until_due(s).await;
@@ -323,6 +562,11 @@ async fn sqlite_retries_wait_until_due() {
 /// emulator these tests say so and pass, unless CALLFLOW_EMULATORS=required (scripts/test sets it), where a
 /// missing emulator fails them.
 async fn spanner() -> Option<Arc<dyn StateStore>> {
+    let database = spanner_database().await?;
+    Some(Arc::new(SpannerStateStore::connect(&database).await.unwrap()))
+}
+
+async fn spanner_database() -> Option<String> {
     let host = std::env::var("SPANNER_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
     let required = std::env::var("CALLFLOW_EMULATORS").as_deref() == Ok("required");
     if host.is_none() {
@@ -339,7 +583,7 @@ async fn spanner() -> Option<Arc<dyn StateStore>> {
     callflow::adapters::spanner::migrate(&database).await.expect("create the database with the schema");
     // Migrating again is a no-op.
     callflow::adapters::spanner::migrate(&database).await.expect("migrate an up-to-date database");
-    Some(Arc::new(SpannerStateStore::connect(&database).await.unwrap()))
+    Some(database)
 }
 
 #[tokio::test]
@@ -388,6 +632,29 @@ async fn spanner_dead_letters_keep_refused_events_once() {
 async fn spanner_analyses_are_stored_with_the_transition() {
     if let Some(s) = spanner().await {
         analyses_are_stored_with_the_transition(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_deliveries_are_stored_with_the_transition() {
+    if let Some(s) = spanner().await {
+        deliveries_are_stored_with_the_transition(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spanner_breakers_are_shared_and_survive_instances() {
+    if let Some(database) = spanner_database().await {
+        let store = Arc::new(SpannerStateStore::connect(&database).await.unwrap());
+        let again = Arc::new(SpannerStateStore::connect(&database).await.unwrap());
+        breakers_are_shared_and_survive_instances(store, again).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_dead_letters_are_replayed_once() {
+    if let Some(s) = spanner().await {
+        dead_letters_are_replayed_once(s).await;
     }
 }
 

@@ -23,6 +23,8 @@ use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use time::OffsetDateTime;
 
 use crate::domain::analysis::Analysis;
+use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
+use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -33,6 +35,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../schemas/spanner/0001_state.sql")),
     (2, include_str!("../../schemas/spanner/0002_stage_runs.sql")),
     (3, include_str!("../../schemas/spanner/0003_analyses.sql")),
+    (4, include_str!("../../schemas/spanner/0004_deliveries_breakers_replays.sql")),
 ];
 
 const CALL_COLUMNS: [&str; 9] = [
@@ -260,6 +263,22 @@ async fn completion_mutations(
             &[&tenant, &call, &analysis.analyzer, &json, &ts(now)],
         ));
     }
+    if let Some(d) = &completion.delivery {
+        m.push(insert_or_update(
+            "deliveries",
+            &["tenant_id", "call_id", "provider", "record_id", "created", "attempts", "review", "delivered_at"],
+            &[
+                &tenant,
+                &call,
+                &d.provider,
+                &d.record_id,
+                &d.created,
+                &i64::from(d.attempts),
+                &d.review,
+                &ts(d.delivered_at),
+            ],
+        ));
+    }
     if let Some(reason) = &completion.dead_letter {
         let (kind, payload, attempts) = what;
         m.push(insert(
@@ -269,6 +288,32 @@ async fn completion_mutations(
         ));
     }
     Ok(m)
+}
+
+const BREAKER_COLUMNS: [&str; 5] = ["tenant_id", "breaker_key", "consecutive_failures", "open_until", "probe_until"];
+
+/// The breaker's state, read inside the transaction (so it is locked until commit); Default when never used.
+async fn read_breaker(tx: &mut ReadWriteTransaction, tenant: &str, key: &str) -> Result<Breaker, SpannerError> {
+    let k = Key::composite(&[&tenant, &key]);
+    let row = tx.read_row("breakers", &BREAKER_COLUMNS, k).await?;
+    row.as_ref().map_or(Ok(Breaker::default()), breaker_from_row)
+}
+
+fn breaker_from_row(row: &Row) -> Result<Breaker, SpannerError> {
+    let at = |v: Option<i64>| v.and_then(DateTime::from_timestamp_micros);
+    Ok(Breaker {
+        consecutive_failures: u32::try_from(row.column_by_name::<i64>("consecutive_failures")?).unwrap_or(u32::MAX),
+        open_until: at(row.column_by_name("open_until")?),
+        probe_until: at(row.column_by_name("probe_until")?),
+    })
+}
+
+fn write_breaker(tenant: &str, key: &str, b: &Breaker) -> gcloud_googleapis::spanner::v1::Mutation {
+    insert_or_update(
+        "breakers",
+        &BREAKER_COLUMNS,
+        &[&tenant, &key, &i64::from(b.consecutive_failures), &b.open_until.map(micros), &b.probe_until.map(micros)],
+    )
 }
 
 async fn holds_lease(tx: &mut ReadWriteTransaction, item: &WorkItem) -> Result<bool, SpannerError> {
@@ -321,46 +366,143 @@ impl SpannerStateStore {
 
 #[async_trait]
 impl StateStore for SpannerStateStore {
-    async fn delivery(
-        &self,
-        _tenant: &TenantId,
-        _call: &CallId,
-    ) -> PortResult<Option<crate::domain::crm::CrmDelivery>> {
-        Err(PortError::permanent("not yet implemented"))
+    async fn delivery(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CrmDelivery>> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let key = Key::composite(&[&tenant.as_str(), &call.as_str()]);
+        let columns = ["provider", "record_id", "created", "attempts", "review", "delivered_at"];
+        let row = tx.read_row("deliveries", &columns, key).await.map_err(|e| port_err(e.into()))?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> Result<CrmDelivery, SpannerError> {
+            Ok(CrmDelivery {
+                provider: row.column_by_name("provider")?,
+                record_id: row.column_by_name("record_id")?,
+                created: row.column_by_name("created")?,
+                attempts: u32::try_from(row.column_by_name::<i64>("attempts")?).unwrap_or(u32::MAX),
+                review: row.column_by_name("review")?,
+                delivered_at: from_ts(row.column_by_name("delivered_at")?),
+            })
+        };
+        read().map(Some).map_err(port_err)
     }
 
     async fn breaker_admit(
         &self,
-        _tenant: &TenantId,
-        _key: &str,
-        _now: DateTime<Utc>,
-        _policy: &crate::domain::breaker::BreakerPolicy,
-    ) -> PortResult<crate::domain::breaker::Admit> {
-        Err(PortError::permanent("not yet implemented"))
+        tenant: &TenantId,
+        key: &str,
+        now: DateTime<Utc>,
+        policy: &BreakerPolicy,
+    ) -> PortResult<Admit> {
+        // Read, decide and write in one read-write transaction: of two instances admitting on a half-open circuit,
+        // one commits its probe and the other is aborted, rerun, and sees the probe out.
+        self.rw(|tx| {
+            let (tenant, key, policy) = (tenant.clone(), key.to_owned(), *policy);
+            Box::pin(async move {
+                let mut breaker = read_breaker(tx, tenant.as_str(), &key).await?;
+                let before = breaker;
+                let admit = breaker.admit(now, &policy);
+                if breaker != before {
+                    tx.buffer_write(vec![write_breaker(tenant.as_str(), &key, &breaker)]);
+                }
+                Ok(admit)
+            })
+        })
+        .await
     }
 
     async fn breaker_record(
         &self,
-        _tenant: &TenantId,
-        _key: &str,
-        _success: bool,
-        _now: DateTime<Utc>,
-        _policy: &crate::domain::breaker::BreakerPolicy,
+        tenant: &TenantId,
+        key: &str,
+        success: bool,
+        now: DateTime<Utc>,
+        policy: &BreakerPolicy,
     ) -> PortResult<Option<&'static str>> {
-        Err(PortError::permanent("not yet implemented"))
+        self.rw(|tx| {
+            let (tenant, key, policy) = (tenant.clone(), key.to_owned(), *policy);
+            Box::pin(async move {
+                let mut breaker = read_breaker(tx, tenant.as_str(), &key).await?;
+                let before = breaker;
+                let transition = breaker.record(success, now, &policy);
+                if breaker != before {
+                    tx.buffer_write(vec![write_breaker(tenant.as_str(), &key, &breaker)]);
+                }
+                Ok(transition)
+            })
+        })
+        .await
     }
 
-    async fn breaker(&self, _tenant: &TenantId, _key: &str) -> PortResult<crate::domain::breaker::Breaker> {
-        Err(PortError::permanent("not yet implemented"))
+    async fn breaker(&self, tenant: &TenantId, key: &str) -> PortResult<Breaker> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let k = Key::composite(&[&tenant.as_str(), &key]);
+        let row = tx.read_row("breakers", &BREAKER_COLUMNS, k).await.map_err(|e| port_err(e.into()))?;
+        row.as_ref().map_or(Ok(Breaker::default()), breaker_from_row).map_err(port_err)
     }
 
     async fn replay_dead_letter(
         &self,
-        _id: &str,
-        _revive_to: Option<CallState>,
-        _follow_up: Vec<NewWork>,
+        id: &str,
+        revive_to: Option<CallState>,
+        follow_up: Vec<NewWork>,
     ) -> PortResult<bool> {
-        Err(PortError::permanent("not yet implemented"))
+        // The id is the INT64 part of the dead letter's key, as text; anything else names no dead letter.
+        let Ok(id) = id.parse::<i64>() else { return Ok(false) };
+        self.rw(|tx| {
+            let follow_up = follow_up.clone();
+            Box::pin(async move {
+                // The index finds the tenant (the key's first part); the row itself is then read by its key, so
+                // the transaction holds it until commit. Ids are random or an event's digest: one row, in practice.
+                let mut stmt = Statement::new(
+                    "SELECT tenant_id FROM dead_letters@{FORCE_INDEX=dead_letters_by_id} WHERE id = @id ORDER BY tenant_id",
+                );
+                stmt.add_param("id", &id);
+                let mut tenants = Vec::new();
+                {
+                    let mut rows = tx.query(stmt).await?;
+                    while let Some(row) = rows.next().await? {
+                        tenants.push(row.column_by_name::<String>("tenant_id")?);
+                    }
+                }
+                let mut found = None;
+                for tenant in tenants {
+                    let key = Key::composite(&[&tenant.as_str(), &id]);
+                    let Some(row) = tx.read_row("dead_letters", &["call_id", "replayed_at"], key).await? else {
+                        continue;
+                    };
+                    if row.column_by_name::<Option<OffsetDateTime>>("replayed_at")?.is_none() {
+                        found = Some((tenant, row.column_by_name::<String>("call_id")?));
+                        break;
+                    }
+                }
+                let Some((tenant, call)) = found else { return Ok(false) };
+                if !follow_up.is_empty() && (TenantId::parse(&tenant).is_err() || CallId::parse(&call).is_err()) {
+                    // Work for a call that cannot exist would fail every claim that picked it up.
+                    return Err(bad(format!(
+                        "dead letter {id}: its tenant and call ids ({tenant:?}, {call:?}) are not valid for follow-up work"
+                    )));
+                }
+                let now = Utc::now();
+                let mut m = vec![update(
+                    "dead_letters",
+                    &["tenant_id", "id", "replayed_at"],
+                    &[&tenant, &id, &Some(ts(now))],
+                )];
+                if let Some(to) = revive_to
+                    && let Some(mut record) = read_call(tx, &tenant, &call).await?
+                    && record.state == CallState::DeadLettered
+                {
+                    // The operator's replay: deliberately not a forward-only `Transition`.
+                    record.state = to;
+                    record.state_reason = None;
+                    record.updated_at = now;
+                    m.push(write_call(&record)?);
+                }
+                m.extend(follow_up.iter().map(|w| enqueue(&tenant, &call, w, now)));
+                tx.buffer_write(m);
+                Ok(true)
+            })
+        })
+        .await
     }
 
     async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult> {
@@ -576,7 +718,7 @@ impl StateStore for SpannerStateStore {
     async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>> {
         let mut tx = self.client.single().await.map_err(port_err)?;
         let mut stmt = Statement::new(
-            "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at FROM dead_letters
+            "SELECT tenant_id, id, call_id, kind, payload, attempts, reason, created_at, replayed_at FROM dead_letters
              WHERE @tenant IS NULL OR tenant_id = @tenant ORDER BY created_at, id LIMIT @limit",
         );
         stmt.add_param("tenant", &tenant.map(str::to_owned));
@@ -587,8 +729,8 @@ impl StateStore for SpannerStateStore {
             let read = || -> Result<DeadLetter, SpannerError> {
                 let payload: String = row.column_by_name("payload")?;
                 Ok(DeadLetter {
-                    id: String::new(),
-                    replayed_at: None,
+                    id: row.column_by_name::<i64>("id")?.to_string(),
+                    replayed_at: row.column_by_name::<Option<OffsetDateTime>>("replayed_at")?.map(from_ts),
                     tenant_id: row.column_by_name("tenant_id")?,
                     call_id: row.column_by_name("call_id")?,
                     kind: row.column_by_name("kind")?,
@@ -687,6 +829,9 @@ mod tests {
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE calls")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE stage_runs")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE analyses")));
-        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 9);
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE deliveries")));
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE breakers")));
+        assert!(all.iter().any(|s| s.starts_with("ALTER TABLE dead_letters ADD COLUMN replayed_at")));
+        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 11);
     }
 }

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
 use crate::domain::analysis::Analysis;
+use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
+use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
@@ -60,7 +62,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload    TEXT NOT NULL,
     attempts   INTEGER NOT NULL,
     reason     TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    -- Set when an operator replayed it (it is kept, for the record). Files from before it get it on open.
+    replayed_at TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant_id, created_at);
 -- One row per unit of an event-driven stage's work (e.g. transcribe:{generation}); times in µs.
@@ -84,7 +88,45 @@ CREATE TABLE IF NOT EXISTS analyses (
     created_at    TEXT NOT NULL,
     PRIMARY KEY (tenant_id, call_id)
 ) WITHOUT ROWID;
+-- The CRM's record for a delivered call, written in the transaction that moves the call to `delivered`.
+CREATE TABLE IF NOT EXISTS deliveries (
+    tenant_id    TEXT NOT NULL,
+    call_id      TEXT NOT NULL,
+    provider     TEXT NOT NULL,
+    record_id    TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    review       INTEGER NOT NULL,
+    delivered_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, call_id)
+) WITHOUT ROWID;
+-- Circuit breakers shared by every instance on this file (e.g. `crm:hubspot`); times in µs.
+CREATE TABLE IF NOT EXISTS breakers (
+    tenant_id            TEXT NOT NULL,
+    breaker_key          TEXT NOT NULL,
+    consecutive_failures INTEGER NOT NULL,
+    open_until           INTEGER,
+    probe_until          INTEGER,
+    PRIMARY KEY (tenant_id, breaker_key)
+) WITHOUT ROWID;
 ";
+
+/// Columns added to tables after their first release: a file made by an older version gets them on open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("dead_letters", "replayed_at", "TEXT")];
+
+fn add_new_columns(conn: &mut Connection) -> rusqlite::Result<()> {
+    // Immediate: two processes opening one old file do not both add a column.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (table, column, kind) in ADDED_COLUMNS {
+        let exists = tx
+            .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .exists(params![column])?;
+        if !exists {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    tx.commit()
+}
 
 #[derive(Clone)]
 pub struct SqliteStateStore {
@@ -188,6 +230,25 @@ fn apply_completion(
         )?
         .execute(params![tenant, call, analysis.analyzer, json, rfc3339(now)])?;
     }
+    if let Some(d) = &completion.delivery {
+        c.prepare_cached(
+            "INSERT INTO deliveries (tenant_id, call_id, provider, record_id, created, attempts, review, delivered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (tenant_id, call_id) DO UPDATE SET provider = excluded.provider,
+                 record_id = excluded.record_id, created = excluded.created, attempts = excluded.attempts,
+                 review = excluded.review, delivered_at = excluded.delivered_at",
+        )?
+        .execute(params![
+            tenant,
+            call,
+            d.provider,
+            d.record_id,
+            d.created,
+            d.attempts,
+            d.review,
+            rfc3339(d.delivered_at)
+        ])?;
+    }
     if let Some(reason) = &completion.dead_letter {
         let (kind, payload, attempts) = what;
         c.prepare_cached(
@@ -196,6 +257,34 @@ fn apply_completion(
         )?
         .execute(params![tenant, call, kind, payload, attempts, reason, rfc3339(now)])?;
     }
+    Ok(())
+}
+
+fn read_breaker(c: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Breaker> {
+    let at = |v: Option<i64>| v.and_then(DateTime::from_timestamp_micros);
+    let row = c
+        .prepare_cached(
+            "SELECT consecutive_failures, open_until, probe_until FROM breakers WHERE tenant_id = ?1 AND breaker_key = ?2",
+        )?
+        .query_row(params![tenant, key], |r| {
+            Ok(Breaker {
+                consecutive_failures: r.get(0)?,
+                open_until: at(r.get(1)?),
+                probe_until: at(r.get(2)?),
+            })
+        })
+        .optional()?;
+    Ok(row.unwrap_or_default())
+}
+
+fn write_breaker(c: &Connection, tenant: &str, key: &str, b: &Breaker) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO breakers (tenant_id, breaker_key, consecutive_failures, open_until, probe_until)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant_id, breaker_key) DO UPDATE SET consecutive_failures = excluded.consecutive_failures,
+             open_until = excluded.open_until, probe_until = excluded.probe_until",
+    )?
+    .execute(params![tenant, key, b.consecutive_failures, b.open_until.map(micros), b.probe_until.map(micros)])?;
     Ok(())
 }
 
@@ -216,8 +305,9 @@ impl SqliteStateStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let conn = writer::open(path, durability)?;
+        let mut conn = writer::open(path, durability)?;
         conn.execute_batch(SCHEMA)?;
+        add_new_columns(&mut conn)?;
         Ok(Self {
             writer: Writer::start(conn, "state"),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -271,46 +361,120 @@ impl SqliteStateStore {
 
 #[async_trait]
 impl StateStore for SqliteStateStore {
-    async fn delivery(
-        &self,
-        _tenant: &TenantId,
-        _call: &CallId,
-    ) -> PortResult<Option<crate::domain::crm::CrmDelivery>> {
-        Err(PortError::permanent("not yet implemented"))
+    async fn delivery(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CrmDelivery>> {
+        let (tenant, call) = (tenant.clone(), call.clone());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT provider, record_id, created, attempts, review, delivered_at FROM deliveries
+                 WHERE tenant_id = ?1 AND call_id = ?2",
+            )?
+            .query_row(params![tenant.as_str(), call.as_str()], |r| {
+                Ok(CrmDelivery {
+                    provider: r.get(0)?,
+                    record_id: r.get(1)?,
+                    created: r.get(2)?,
+                    attempts: r.get(3)?,
+                    review: r.get(4)?,
+                    delivered_at: parse_time(&r.get::<_, String>(5)?)?,
+                })
+            })
+            .optional()
+        })
+        .await
     }
 
     async fn breaker_admit(
         &self,
-        _tenant: &TenantId,
-        _key: &str,
-        _now: DateTime<Utc>,
-        _policy: &crate::domain::breaker::BreakerPolicy,
-    ) -> PortResult<crate::domain::breaker::Admit> {
-        Err(PortError::permanent("not yet implemented"))
+        tenant: &TenantId,
+        key: &str,
+        now: DateTime<Utc>,
+        policy: &BreakerPolicy,
+    ) -> PortResult<Admit> {
+        let (tenant, key, policy) = (tenant.clone(), key.to_owned(), *policy);
+        // Read, decide and write in one transaction of the writer (BEGIN IMMEDIATE: other processes on the file
+        // wait), so one circuit lets one probe through.
+        self.writer
+            .write(move |c| {
+                let mut breaker = read_breaker(c, tenant.as_str(), &key)?;
+                let before = breaker;
+                let admit = breaker.admit(now, &policy);
+                if breaker != before {
+                    write_breaker(c, tenant.as_str(), &key, &breaker)?;
+                }
+                Ok(admit)
+            })
+            .await
     }
 
     async fn breaker_record(
         &self,
-        _tenant: &TenantId,
-        _key: &str,
-        _success: bool,
-        _now: DateTime<Utc>,
-        _policy: &crate::domain::breaker::BreakerPolicy,
+        tenant: &TenantId,
+        key: &str,
+        success: bool,
+        now: DateTime<Utc>,
+        policy: &BreakerPolicy,
     ) -> PortResult<Option<&'static str>> {
-        Err(PortError::permanent("not yet implemented"))
+        let (tenant, key, policy) = (tenant.clone(), key.to_owned(), *policy);
+        self.writer
+            .write(move |c| {
+                let mut breaker = read_breaker(c, tenant.as_str(), &key)?;
+                let before = breaker;
+                let transition = breaker.record(success, now, &policy);
+                if breaker != before {
+                    write_breaker(c, tenant.as_str(), &key, &breaker)?;
+                }
+                Ok(transition)
+            })
+            .await
     }
 
-    async fn breaker(&self, _tenant: &TenantId, _key: &str) -> PortResult<crate::domain::breaker::Breaker> {
-        Err(PortError::permanent("not yet implemented"))
+    async fn breaker(&self, tenant: &TenantId, key: &str) -> PortResult<Breaker> {
+        let (tenant, key) = (tenant.clone(), key.to_owned());
+        self.read(move |c| read_breaker(c, tenant.as_str(), &key)).await
     }
 
     async fn replay_dead_letter(
         &self,
-        _id: &str,
-        _revive_to: Option<CallState>,
-        _follow_up: Vec<NewWork>,
+        id: &str,
+        revive_to: Option<CallState>,
+        follow_up: Vec<NewWork>,
     ) -> PortResult<bool> {
-        Err(PortError::permanent("not yet implemented"))
+        // The id is the row's integer id as text; anything else names no dead letter.
+        let Ok(id) = id.parse::<i64>() else { return Ok(false) };
+        self.writer
+            .write(move |c| {
+                let row = c
+                    .prepare_cached("SELECT tenant_id, call_id, replayed_at FROM dead_letters WHERE id = ?1")?
+                    .query_row(params![id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+                    })
+                    .optional()?;
+                let Some((tenant, call, None)) = row else { return Ok(Ok(false)) };
+                if !follow_up.is_empty() && (TenantId::parse(&tenant).is_err() || CallId::parse(&call).is_err()) {
+                    // Work for a call that cannot exist would fail every claim that picked it up.
+                    return Ok(Err(PortError::permanent(format!(
+                        "dead letter {id}: its tenant and call ids ({tenant:?}, {call:?}) are not valid for follow-up work"
+                    ))));
+                }
+                let now = Utc::now();
+                c.prepare_cached("UPDATE dead_letters SET replayed_at = ?1 WHERE id = ?2")?
+                    .execute(params![rfc3339(now), id])?;
+                if let Some(to) = revive_to
+                    && let Some(mut record) = read_call(c, &tenant, &call)?
+                    && record.state == CallState::DeadLettered
+                {
+                    // The operator's replay: deliberately not a forward-only `Transition`.
+                    record.state = to;
+                    record.state_reason = None;
+                    record.updated_at = now;
+                    write_call(c, &record)?;
+                }
+                for work in &follow_up {
+                    enqueue(c, &tenant, &call, work, now)?;
+                }
+                Ok(Ok(true))
+            })
+            .await?
     }
 
     async fn record_intake(&self, event: IntakeEvent) -> PortResult<IntakeResult> {
@@ -519,14 +683,14 @@ impl StateStore for SqliteStateStore {
         let tenant = tenant.map(str::to_owned);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at FROM dead_letters
-                 WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id LIMIT ?2",
+                "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at, id, replayed_at
+                 FROM dead_letters WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![tenant, limit as i64], |r| {
                 let payload: String = r.get(3)?;
                 Ok(DeadLetter {
-                    id: String::new(),
-                    replayed_at: None,
+                    id: r.get::<_, i64>(7)?.to_string(),
+                    replayed_at: r.get::<_, Option<String>>(8)?.as_deref().map(parse_time).transpose()?,
                     tenant_id: r.get(0)?,
                     call_id: r.get(1)?,
                     kind: r.get(2)?,
