@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod call;
 pub mod callrail;
 pub mod crm;
+pub mod delivery;
 pub mod form;
 pub mod geo;
 pub mod ids;

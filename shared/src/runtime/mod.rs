@@ -9,6 +9,8 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod google;
+pub mod lead_delivery;
+pub mod notify_outbox;
 pub mod publish_outbox;
 pub mod serve;
 pub mod storage_stage;
