@@ -16,6 +16,8 @@ pub struct Settings {
     pub webhook: on_webhook::Settings,
     pub audio: on_audio_uploaded::Settings,
     pub transcript: on_transcript::Settings,
+    /// on-analysis and on-crm-retry share one delivery policy (the same variables).
+    pub delivery: on_analysis::Settings,
 }
 
 impl Settings {
@@ -28,6 +30,7 @@ impl Settings {
             webhook: on_webhook::Settings::from_lookup(&var)?,
             audio: on_audio_uploaded::Settings::from_lookup(&var)?,
             transcript: on_transcript::Settings::from_lookup(&var)?,
+            delivery: on_analysis::Settings::from_lookup(&var)?,
         })
     }
 }
@@ -39,6 +42,8 @@ pub struct Host {
     pub webhook: on_webhook::Service,
     pub audio: on_audio_uploaded::Service,
     pub transcript: on_transcript::Service,
+    /// on-analysis and on-crm-retry.
+    pub delivery: callflow::runtime::lead_delivery::Delivery,
     /// The webhook's settings: the host serves on its port and drains with its window.
     pub settings: on_webhook::Settings,
 }
@@ -47,11 +52,14 @@ pub struct Host {
 pub const DELIVERY_CONCURRENCY: usize = 8;
 
 impl Host {
-    /// Publish messages whose inline publish failed (they wait in the outbox), until `stop`.
+    /// Publish messages and send notifications whose inline attempt failed (they wait in the outbox with
+    /// backoff), and messages an operator's replay enqueued, until `stop`.
     pub async fn publish_leftovers(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let (state, router) = (self.embedded.state.clone(), self.router.clone());
+        let (notifiers, secrets) = (&self.delivery.ports.notifiers, self.embedded.secrets.as_ref());
         while !*stop.borrow() {
             callflow::runtime::publish_outbox::flush(state.as_ref(), router.as_ref(), &SystemClock, 100).await;
+            callflow::runtime::notify_outbox::flush(state.as_ref(), notifiers, secrets, &SystemClock, 50).await;
             tokio::select! {
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = stop.changed() => {}
@@ -71,6 +79,9 @@ impl Host {
         let transcript = on_transcript::Service::with_embedded(&embedded, &all.transcript);
         router.host("on-audio-uploaded", on_audio_uploaded::app(audio.clone()), DELIVERY_CONCURRENCY);
         router.host("on-transcript", on_transcript::app(transcript.clone()), DELIVERY_CONCURRENCY);
+        let delivery = callflow::runtime::lead_delivery::Delivery::with_embedded(&embedded, all.delivery.policy);
+        router.host("on-analysis", on_analysis::app(delivery.clone()), DELIVERY_CONCURRENCY);
+        router.host("on-crm-retry", on_crm_retry::app(delivery.clone()), DELIVERY_CONCURRENCY);
         for t in router.unhosted_triggers() {
             tracing::info!(
                 trigger = %t.name,
@@ -78,6 +89,6 @@ impl Host {
                 "no function for this trigger in this host yet; its events are kept until one is hosted"
             );
         }
-        Ok(Self { embedded, router, webhook, audio, transcript, settings })
+        Ok(Self { embedded, router, webhook, audio, transcript, delivery, settings })
     }
 }

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_adapters;
+mod bench_delivery;
 mod bench_stage;
+mod receiver;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]
@@ -50,6 +52,27 @@ enum Command {
         #[arg(long = "deliver", value_parser = parse_deliver)]
         deliver: Vec<(String, String)>,
     },
+    /// A lead receiver for the custom-webhook CRM (signature checked, each lead kept once, JSON Lines out).
+    CrmReceiver {
+        #[arg(long, default_value_t = 8099)]
+        port: u16,
+        /// The tenant's `whsec_…` signing secret, from this file.
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        /// Where accepted leads are appended.
+        #[arg(long, default_value = ".data/leads.jsonl")]
+        out: std::path::PathBuf,
+    },
+    /// Measure lead delivery: pushes/s to a CRM that answers at once, and the time from a CRM's recovery until a
+    /// backlog held during its outage is delivered.
+    BenchDelivery {
+        #[arg(long, default_value_t = 2_000)]
+        leads: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 500)]
+        backlog: usize,
+    },
     /// Measure on-audio-uploaded's own overhead (engine excluded) on the embedded backends.
     BenchTranscribeStage {
         #[arg(long, default_value_t = 2_000)]
@@ -85,12 +108,28 @@ enum DeadLetterAction {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+    /// Push leads the CRM refused again once the tenant has fixed their CRM (dead letters of kind `crm`): each
+    /// call goes back to `analysed` and a fresh retry chain starts. A running host delivers them within a second.
+    ReplayLeads {
+        /// Dead letter ids (the `id` column of `list`); repeat for several.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Every CRM dead letter of this tenant not yet replayed.
+        #[arg(long, conflicts_with = "ids")]
+        tenant: Option<String>,
+        /// Every CRM dead letter not yet replayed.
+        #[arg(long, conflicts_with_all = ["ids", "tenant"])]
+        all: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, None | Some(Command::Serve) | Some(Command::WatchStorage { .. }));
+    let serving = matches!(
+        cli.command,
+        None | Some(Command::Serve) | Some(Command::WatchStorage { .. }) | Some(Command::CrmReceiver { .. })
+    );
     telemetry::init(if serving { "callflow-host" } else { "callflow" });
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
@@ -100,7 +139,11 @@ async fn main() -> ExitCode {
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
         Command::BenchTranscribeStage { calls, concurrency } => bench_stage::run(calls, concurrency).await,
+        Command::BenchDelivery { leads, concurrency, backlog } => {
+            bench_delivery::run(leads, concurrency, backlog).await
+        }
         Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
+        Command::CrmReceiver { port, secret_file, out } => crm_receiver(port, secret_file, out).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +156,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn crm_receiver(port: u16, secret_file: std::path::PathBuf, out: std::path::PathBuf) -> anyhow::Result<()> {
+    let secret = std::fs::read_to_string(&secret_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secret_file.display()))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let app = receiver::app(receiver::Receiver::new(&secret, out)?);
+    serve::serve(app, port, serve::shutdown_signal(), std::time::Duration::from_secs(2)).await
 }
 
 async fn serve_all() -> anyhow::Result<()> {
@@ -268,7 +321,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                     .iter()
                     .map(|w| {
                         serde_json::json!({
-                            "tenant_id": w.tenant_id, "call_id": w.call_id, "kind": w.kind, "payload": w.payload,
+                            "id": w.id, "replayed_at": w.replayed_at, "tenant_id": w.tenant_id, "call_id": w.call_id, "kind": w.kind, "payload": w.payload,
                             "attempts": w.attempts, "reason": w.reason, "created_at": w.created_at,
                         })
                     })
@@ -292,7 +345,11 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             }
             println!("function work and refused events ({}):", work.len());
             for w in &work {
-                println!("  {} {} {} attempts={}: {}", w.tenant_id, w.call_id, w.kind, w.attempts, w.reason);
+                let replayed = w.replayed_at.map(|t| format!(" (replayed {t})")).unwrap_or_default();
+                println!(
+                    "  #{:<5} {} {} {} attempts={}{replayed}: {}",
+                    w.id, w.tenant_id, w.call_id, w.kind, w.attempts, w.reason
+                );
             }
             Ok(())
         }
@@ -302,6 +359,35 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             }
             let n = router.replay(if all { None } else { Some(ids) }).await?;
             println!("replayed {n} event(s); a running host delivers them now");
+            Ok(())
+        }
+        DeadLetterAction::ReplayLeads { ids, tenant, all } => {
+            if ids.is_empty() && tenant.is_none() && !all {
+                anyhow::bail!("name dead letters with --id ID (repeatable), --tenant TENANT or --all");
+            }
+            let policy = on_analysis::Settings::from_env()?.policy;
+            let state = callflow::adapters::sqlite::SqliteStateStore::open(
+                &settings.data_dir.join("state.sqlite"),
+                settings.durability,
+            )?;
+            let letters = callflow::ports::StateStore::dead_letters(&state, tenant.as_deref(), 100_000).await?;
+            let chosen: Vec<_> = letters
+                .iter()
+                .filter(|d| d.kind == "crm" && d.replayed_at.is_none())
+                .filter(|d| ids.is_empty() || ids.contains(&d.id))
+                .collect();
+            if let Some(missing) = ids.iter().find(|id| !chosen.iter().any(|d| &d.id == *id)) {
+                anyhow::bail!("no CRM dead letter {missing} waiting for a replay (see `dead-letters list`)");
+            }
+            let mut replayed = 0;
+            for letter in chosen {
+                let now = chrono::Utc::now();
+                if callflow::runtime::lead_delivery::replay(&state, &policy, letter, now).await? {
+                    println!("  #{} {} {}: replaying", letter.id, letter.tenant_id, letter.call_id);
+                    replayed += 1;
+                }
+            }
+            println!("replayed {replayed} lead(s); a running host pushes them now");
             Ok(())
         }
     }

@@ -7,7 +7,10 @@
 //! on-audio-uploaded and on-transcript run as processes of their own: Speech-to-Text (a local fake with the API's
 //! shapes: no emulator exists) reads the recording by its gs:// name, the transcript lands in the transcripts
 //! bucket, Gemini (a local fake too) analyses it, the call moves to `analysed` in Spanner with its analysis, and
-//! on-transcript's message on `analysis-complete` is pushed by the Pub/Sub emulator to on-analysis's URL.
+//! on-transcript's message on `analysis-complete` is pushed by the Pub/Sub emulator to on-analysis, a process of
+//! its own too, whose first push to the tenant's lead receiver (a local fake) fails with a 503: the `crm-retry`
+//! message it publishes is pushed by the emulator to on-crm-retry, whose push succeeds. The call ends `delivered`
+//! in Spanner with the receiver's record id, the lead received twice under one idempotency key.
 //!
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
@@ -112,16 +115,21 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let database = format!("projects/{PROJECT}/instances/callflow/databases/e2e-{suffix}");
     let dataset = format!("e2e_{suffix}");
     let triggers = callflow::eventarc::load(&repo().join("eventarc"), "emulators").unwrap();
-    let (stand_in, inbox) = receiver().await;
+    let (stand_in, _inbox) = receiver().await;
+    let (analysis_port, retry_port) = (free_port(), free_port());
+    let push_to = |function: &str| match function {
+        "on-analysis" => Some(format!("http://127.0.0.1:{analysis_port}/")),
+        "on-crm-retry" => Some(format!("http://127.0.0.1:{retry_port}/")),
+        _ => Some(stand_in.clone()),
+    };
 
-    // Provision as `callflow provision` does, with the Pub/Sub triggers pushing to the stand-in.
+    // Provision as `callflow provision` does, with the lead-delivery triggers pushing to their processes.
     let started = Instant::now();
-    let done =
-        callflow_host::topology::provision(&triggers, &database, &dataset, &|_| Some(stand_in.clone())).await.unwrap();
+    let done = callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
     eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
     // Provisioning again converges: existing resources are kept or brought to the definitions, not an error.
-    callflow_host::topology::provision(&triggers, &database, &dataset, &|_| Some(stand_in.clone())).await.unwrap();
+    callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
 
     // The subscription carries the trigger's policies.
     let pubsub = std::env::var("PUBSUB_EMULATOR_HOST").unwrap();
@@ -132,7 +140,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .json()
         .await
         .unwrap();
-    assert_eq!(sub["pushConfig"]["pushEndpoint"], stand_in.as_str());
+    assert_eq!(sub["pushConfig"]["pushEndpoint"], format!("http://127.0.0.1:{analysis_port}/"));
     assert_eq!(sub["deadLetterPolicy"]["maxDeliveryAttempts"], 10);
     assert_eq!(sub["deadLetterPolicy"]["deadLetterTopic"], format!("projects/{PROJECT}/topics/dead-letters"));
     assert_eq!(sub["retryPolicy"]["minimumBackoff"], "10s");
@@ -192,6 +200,22 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .mount(&vertex)
         .await;
 
+    // The tenant's lead receiver (custom-webhook CRM): down for the first push, then up.
+    let crm = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path("/leads"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&crm)
+        .await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path("/leads"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "lead-7"})))
+        .mount(&crm)
+        .await;
+    let tenants_dir = tempfile::tempdir().unwrap();
+    let tenants = fixture_tenants(tenants_dir.path(), &crm.uri());
+
     // The processes: on-webhook on its own port over Spanner/GCS/BigQuery, and the storage watcher.
     let port = free_port();
     let watcher_dir = tempfile::tempdir().unwrap();
@@ -201,6 +225,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .current_dir(repo())
             .env("PORT", port.to_string())
             .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_TENANTS", &tenants)
             .env("CALLFLOW_SPANNER_DATABASE", &database)
             .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
             .env("CALLFLOW_CALLRAIL_API", callrail.uri())
@@ -215,6 +240,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .current_dir(repo())
             .env("PORT", audio_port.to_string())
             .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_TENANTS", &tenants)
             .env("CALLFLOW_SPANNER_DATABASE", &database)
             .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
             .env("CALLFLOW_TRANSCRIBER", "google")
@@ -230,6 +256,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .current_dir(repo())
             .env("PORT", transcript_port.to_string())
             .env("CALLFLOW_ENVIRONMENT", "emulators")
+            .env("CALLFLOW_TENANTS", &tenants)
             .env("CALLFLOW_SPANNER_DATABASE", &database)
             .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
             .env("CALLFLOW_ANALYZER", "gemini")
@@ -239,6 +266,25 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .spawn()
             .unwrap(),
     );
+    // on-analysis and on-crm-retry, retrying after a second rather than half a minute.
+    let delivery = |name: &str, port: u16| {
+        Process(
+            Command::new(sibling_binary(name))
+                .current_dir(repo())
+                .env("PORT", port.to_string())
+                .env("CALLFLOW_ENVIRONMENT", "emulators")
+                .env("CALLFLOW_TENANTS", &tenants)
+                .env("CALLFLOW_SPANNER_DATABASE", &database)
+                .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
+                .env("CALLFLOW_CRM_BACKOFF_SECS", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _analysis = delivery("on-analysis", analysis_port);
+    let _retry = delivery("on-crm-retry", retry_port);
     let _watcher = Process(
         Command::new(env!("CARGO_BIN_EXE_callflow"))
             .current_dir(repo())
@@ -340,7 +386,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .json(&json!({
                 "query": format!(
                     "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.stage_events` WHERE call_id = '{call}' \
-                     ORDER BY outcome"
+                     AND stage NOT IN ('on-analysis', 'on-crm-retry') ORDER BY outcome"
                 ),
                 "useLegacySql": false,
             }))
@@ -357,17 +403,58 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     .await;
     assert_eq!(outcomes, ["analysed", "created", "recording_stored", "transcribed"]);
 
-    // Pub/Sub: on-transcript's message on analysis-complete, pushed by the emulator to on-analysis's URL (raw push
-    // envelope, no ce-*), carrying the ids only.
-    let push = wait_for("the push delivery", Duration::from_secs(30), async || {
-        inbox.0.lock().unwrap().iter().find(|(_, b)| b["subscription"].is_string()).cloned()
+    // Pub/Sub: on-transcript's message on analysis-complete, pushed by the emulator (raw push envelope, no ce-*)
+    // to on-analysis, whose push fails; its crm-retry message, pushed to on-crm-retry, delivers the lead.
+    let delivered = wait_for("the call to reach delivered", Duration::from_secs(90), async || {
+        state.call(&tenant, &call_id).await.unwrap().filter(|c| c.state == CallState::Delivered)
     })
     .await;
-    assert_eq!(push.1["subscription"], format!("projects/{PROJECT}/subscriptions/eventarc-analysis-complete"));
-    assert!(push.0.get("ce-type").is_none(), "Pub/Sub push carries no ce-* headers");
-    use base64::Engine;
-    let data = base64::engine::general_purpose::STANDARD.decode(push.1["message"]["data"].as_str().unwrap()).unwrap();
-    let message: Value = serde_json::from_slice(&data).unwrap();
-    assert_eq!((message["schema_version"].as_i64(), message["call_id"].as_str()), (Some(1), Some(call.as_str())));
-    assert_eq!(push.1["message"]["attributes"]["tenant_id"], "acme-remodeling");
+    eprintln!("webhook → delivered (one CRM failure and its retry): {} ms", sent.elapsed().as_millis());
+    assert_eq!(delivered.state_reason, None);
+    let record = state.delivery(&tenant, &call_id).await.unwrap().expect("the CRM record on the call");
+    assert_eq!((record.provider.as_str(), record.record_id.as_str(), record.attempts), ("webhook", "lead-7", 2));
+    let pushes: Vec<_> = crm.received_requests().await.unwrap();
+    assert_eq!(pushes.len(), 2, "one failed push, one that worked");
+    let key = format!("acme-remodeling:{call}");
+    assert!(pushes.iter().all(|p| p.headers.get("webhook-id").unwrap() == key.as_str()));
+    let lead: Value = serde_json::from_slice(&pushes[1].body).unwrap();
+    assert_eq!(lead["lead"]["project_type"], "roofing");
+    let outcomes = wait_for("the delivery rows", Duration::from_secs(30), async || {
+        let answer: Value = http
+            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
+            .json(&json!({
+                "query": format!(
+                    "SELECT stage, outcome FROM `{PROJECT}.{dataset}.stage_events` WHERE call_id = '{call}' \
+                     AND stage IN ('on-analysis', 'on-crm-retry') ORDER BY stage"
+                ),
+                "useLegacySql": false,
+            }))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let rows: Vec<String> = answer["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| format!("{}:{}", r["f"][0]["v"].as_str().unwrap_or(""), r["f"][1]["v"].as_str().unwrap_or("")))
+            .collect();
+        (rows.len() >= 2).then_some(rows)
+    })
+    .await;
+    assert_eq!(outcomes, ["on-analysis:retry_scheduled", "on-crm-retry:delivered"]);
+}
+
+/// The fixture tenants with Acme's lead receiver at `crm` (secrets and workflow files still the fixtures').
+fn fixture_tenants(dir: &Path, crm: &str) -> PathBuf {
+    let fixtures = repo().join("fixtures");
+    let text = std::fs::read_to_string(fixtures.join("tenants.toml")).unwrap();
+    let text = text
+        .replace("http://127.0.0.1:8099/leads", &format!("{crm}/leads"))
+        .replace("file:secrets/", &format!("file:{}/secrets/", fixtures.display()))
+        .replace("\"workflows/", &format!("\"{}/workflows/", fixtures.display()));
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }

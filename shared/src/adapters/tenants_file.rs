@@ -77,9 +77,16 @@ mod tests {
 
     #[test]
     fn sample_config_loads_and_bad_configs_say_why() {
-        let sample = include_str!("../../../fixtures/tenants.toml");
-        let t = FileTenants::parse(sample).unwrap();
+        let sample_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tenants.toml");
+        let sample = std::fs::read_to_string(&sample_path).unwrap();
+        let t = FileTenants::load(&sample_path).unwrap();
         assert_eq!(t.len(), 2);
+        let acme = t.tenants.get(&TenantId::parse("acme-remodeling").unwrap()).unwrap();
+        assert_eq!(acme.workflow.spam.threshold, 80, "the workflow file was read");
+        assert!(acme.workflow.service_area.is_some());
+        let missing = sample.replace("workflows/acme-remodeling.json", "workflows/none.json");
+        let err = FileTenants::parse(&missing).err().unwrap().to_string();
+        assert!(err.contains("tenant acme-remodeling: workflow_file") && err.contains("none.json"), "{err}");
         let three_keys = r#"
             [[tenant]]
             id = "x"
