@@ -140,6 +140,53 @@ async fn a_stored_recording_is_one_finalize_event_per_generation_for_the_next_st
     assert_eq!(leads[0].headers.get("webhook-id").unwrap(), &format!("acme-remodeling:{CALL}"));
 }
 
+#[tokio::test]
+async fn a_web_form_is_analysed_from_its_text_and_delivered_like_a_call() {
+    use callflow::domain::signature::{sign_standard_webhook, standard_webhooks_key};
+    let dir = tempfile::tempdir().unwrap();
+    let mock = fake_callrail().await;
+    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    let body = std::fs::read(repo().join("fixtures/forms/estimate-request.json")).unwrap();
+    let secret = std::fs::read_to_string(repo().join("fixtures/secrets/acme-forms-secret")).unwrap();
+    let key = standard_webhooks_key(&secret).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+    let req = Request::post("/webhooks/forms/acme-remodeling")
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_form_1")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign_standard_webhook(&key, "msg_form_1", ts, &body))
+        .body(Body::from(body))
+        .unwrap();
+    let resp = on_webhook::app(host.webhook.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap()).unwrap();
+    let call = callflow::domain::CallId::parse(answer["call_id"].as_str().unwrap()).unwrap();
+    let tenant = callflow::domain::TenantId::parse("acme-remodeling").unwrap();
+    on_webhook::outbox::drain_pass(&host.webhook).await;
+    for _ in 0..10 {
+        if host.router.pending().await.unwrap().is_empty() {
+            break;
+        }
+        host.router.deliver_due().await;
+    }
+    let state = host.embedded.state.as_ref();
+    let analysis = callflow::ports::StateStore::analysis(state, &tenant, &call).await.unwrap().expect("analysed");
+    assert_eq!(analysis.findings.project_type, callflow::domain::analysis::ProjectType::Bathroom);
+    let record = callflow::ports::StateStore::call(state, &tenant, &call).await.unwrap().unwrap();
+    assert_eq!(record.state, callflow::domain::CallState::Delivered, "{:?}", record.state_reason);
+    let leads: Vec<_> =
+        mock.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/crm/leads").collect();
+    assert_eq!(leads.len(), 1);
+    let lead: serde_json::Value = serde_json::from_slice(&leads[0].body).unwrap();
+    assert_eq!(lead["lead"]["source"], "form");
+    assert_eq!(lead["lead"]["email"], "priya.raman@example.com");
+    assert_eq!(lead["lead"]["phone"], "+15125550199");
+    // Austin is far outside Acme's Portland service area, which tags rather than skips.
+    assert_eq!(lead["lead"]["review"], true);
+    assert!(lead["lead"]["tags"].as_array().unwrap().iter().any(|t| t == "out-of-area"), "{lead}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -35,6 +35,8 @@ pub struct Settings {
     /// Timeout of one CallRail API call (the audio download gets longer: it streams megabytes).
     pub callrail_api_timeout: Duration,
     pub recordings_bucket: String,
+    /// Where a web form's text is stored as its transcript.
+    pub transcripts_bucket: String,
     pub max_body_bytes: usize,
     pub max_recording_bytes: u64,
     pub fetch_retry: RetryPolicy,
@@ -60,6 +62,7 @@ impl Settings {
         let common = Common::from_lookup(&var)?;
         Ok(Self {
             recordings_bucket: common.bucket("recordings")?,
+            transcripts_bucket: common.bucket("transcripts")?,
             port: common.port,
             data_dir: common.data_dir,
             tenants_file: common.tenants_file,

@@ -1,4 +1,4 @@
-//! Draining the outbox: recording fetches and analytics rows that intake committed with each call.
+//! Draining the outbox: recording fetches, form texts and analytics rows that intake committed with each call.
 //!
 //! Cloud Run: work after the response needs CPU. on-webhook runs with CPU always allocated (instance-based
 //! billing, `cpu_idle = false`, one warm instance), so this worker keeps draining between requests, exactly as in
@@ -35,10 +35,22 @@ pub const STAGE: &str = "on-webhook";
 /// How a fetch ended, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchOutcome {
-    Stored { object: String, bytes: u64 },
+    Stored {
+        object: String,
+        bytes: u64,
+    },
+    /// A web form's text, stored as its transcript for on-transcript.
+    FormTextStored {
+        object: String,
+    },
     NoRecording,
-    Retrying { after: Duration, error: String },
-    DeadLettered { reason: String },
+    Retrying {
+        after: Duration,
+        error: String,
+    },
+    DeadLettered {
+        reason: String,
+    },
     LeaseLost,
 }
 
@@ -92,7 +104,58 @@ pub async fn process_fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         call_id = %item.call_id,
         attempt = item.attempts
     );
+    if item.kind == WorkKind::StoreFormText {
+        return store_form_text(service, item).instrument(span).await;
+    }
     fetch(service, item).instrument(span).await
+}
+
+/// The work kinds this worker does.
+const KINDS: [WorkKind; 2] = [WorkKind::FetchRecording, WorkKind::StoreFormText];
+
+/// A web form's text becomes its transcript (the finalize event wakes on-transcript, which moves it on).
+async fn store_form_text(service: &Service, item: WorkItem) -> FetchOutcome {
+    let started = Instant::now();
+    let call = match service.ports.state.call(&item.tenant_id, &item.call_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return dead_letter(service, &item, None, "call record is missing", started).await,
+        Err(e) => return retry(service, &item, &e.message, None).await,
+    };
+    let language = match service.ports.tenants.tenant(&item.tenant_id).await {
+        Ok(Some(t)) => t.transcription.language.clone(),
+        Ok(None) => return dead_letter(service, &item, Some(&call), "tenant is no longer configured", started).await,
+        Err(e) => return retry(service, &item, &e.message, None).await,
+    };
+    let transcript = callflow::domain::transcript::Transcript::from_form(
+        item.tenant_id.as_str(),
+        item.call_id.as_str(),
+        &call.lead,
+        &language,
+    );
+    let body = bytes::Bytes::from(serde_json::to_vec(&transcript).expect("transcripts serialize"));
+    let name = format!("{}/{}.json", item.tenant_id, item.call_id);
+    let metadata = BTreeMap::from([
+        ("tenant_id".to_owned(), item.tenant_id.to_string()),
+        ("call_id".to_owned(), item.call_id.to_string()),
+        ("source".to_owned(), "form".to_owned()),
+        ("engine".to_owned(), transcript.engine.clone()),
+        ("cost_usd".to_owned(), "0".to_owned()),
+    ]);
+    let object = NewObject {
+        bucket: &service.settings.transcripts_bucket,
+        name: &name,
+        content_type: "application/json",
+        metadata,
+        max_bytes: service.settings.max_body_bytes as u64 * 2,
+    };
+    match service.ports.objects.put(object, Box::pin(futures::stream::once(async move { Ok(body) }))).await {
+        Ok(info) => {
+            let object = format!("{}/{}", info.bucket, info.name);
+            finish(service, &item, Completion::default(), FetchOutcome::FormTextStored { object }).await
+        }
+        Err(e) if e.retryable => retry(service, &item, &format!("storing the form text: {e}"), None).await,
+        Err(e) => dead_letter(service, &item, Some(&call), &format!("storing the form text: {e}"), started).await,
+    }
 }
 
 async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
@@ -276,8 +339,7 @@ pub async fn drain_pass(service: &Service) -> (usize, Vec<FetchOutcome>) {
         }
     }
     let limit = service.settings.fetch_concurrency.max(1);
-    let items =
-        service.ports.state.claim_work(&[WorkKind::FetchRecording], 10 * limit, FETCH_LEASE).await.unwrap_or_default();
+    let items = service.ports.state.claim_work(&KINDS, 10 * limit, FETCH_LEASE).await.unwrap_or_default();
     let outcomes = futures::stream::iter(items)
         .map(|item| process_fetch(service, item))
         .buffer_unordered(limit)
@@ -309,7 +371,7 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         let mut busy = flush_analytics(&service).await > 0;
         let free = permits.available_permits();
         if free > 0 {
-            match service.ports.state.claim_work(&[WorkKind::FetchRecording], free, FETCH_LEASE).await {
+            match service.ports.state.claim_work(&KINDS, free, FETCH_LEASE).await {
                 Ok(items) => {
                     busy |= !items.is_empty();
                     for item in items {
@@ -331,7 +393,13 @@ pub async fn run(service: Service, mut stop: watch::Receiver<bool>) {
         if busy {
             continue;
         }
-        let due = service.ports.state.next_due(&[WorkKind::FetchRecording, WorkKind::Analytics]).await.ok().flatten();
+        let due = service
+            .ports
+            .state
+            .next_due(&[WorkKind::FetchRecording, WorkKind::StoreFormText, WorkKind::Analytics])
+            .await
+            .ok()
+            .flatten();
         let wait = due
             .map(|at| (at - service.ports.clock.now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(IDLE_POLL)

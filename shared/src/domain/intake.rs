@@ -106,8 +106,11 @@ fn fetch_work(lead: &LeadDetails) -> NewWork {
 /// Where a new call starts, and what work that implies.
 fn initial_state(source: CallSource, lead: &LeadDetails) -> (CallState, Option<&'static str>, Vec<NewWork>) {
     match source {
-        // Form leads carry their text in the submission; there is no recording to fetch.
-        CallSource::Form => (CallState::Received, None, Vec::new()),
+        // Form leads carry their text in the submission: it becomes their transcript, and from there they are
+        // analysed and delivered as calls are. There is no recording to fetch.
+        CallSource::Form => {
+            (CallState::Received, None, vec![NewWork { kind: WorkKind::StoreFormText, payload: json!({}) }])
+        }
         CallSource::Callrail if lead.recording_url.is_some() => (CallState::Received, None, vec![fetch_work(lead)]),
         CallSource::Callrail if lead.answered == Some(false) && lead.voicemail != Some(true) => {
             (CallState::Skipped, Some(REASON_UNANSWERED), Vec::new())

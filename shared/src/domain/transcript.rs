@@ -58,7 +58,36 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
 }
 
+/// The engine name of a form's transcript.
+pub const FORM_ENGINE: &str = "form";
+
 impl Transcript {
+    /// A web form's submission as a transcript: what the sender wrote, as the caller's words (engine `form`,
+    /// quality `provided`), so the analysis and delivery that follow treat forms and calls alike.
+    pub fn from_form(tenant_id: &str, call_id: &str, lead: &super::call::LeadDetails, language: &str) -> Self {
+        let mut text = String::new();
+        if let Some(form) = lead.form_name.as_deref().filter(|f| !f.trim().is_empty()) {
+            text.push_str(&format!("(web form: {form}) "));
+        }
+        text.push_str(lead.message.as_deref().unwrap_or("").trim());
+        Self {
+            schema_version: 1,
+            tenant_id: tenant_id.into(),
+            call_id: call_id.into(),
+            engine: FORM_ENGINE.into(),
+            quality: Quality::Provided,
+            language: language.into(),
+            duration_secs: 0.0,
+            segments: vec![Segment {
+                speaker: Speaker::Caller,
+                start: 0.0,
+                end: 0.0,
+                text: text.trim().to_owned(),
+                confidence: None,
+            }],
+        }
+    }
+
     /// The whole text, segments joined by newlines, each prefixed with its speaker.
     pub fn text(&self) -> String {
         let mut out = String::new();

@@ -19,6 +19,8 @@ pub enum WorkKind {
     Publish,
     /// Send one notification (a `NoticeWork`): Slack or email, retried on its own, never touching the lead.
     Notify,
+    /// Store a web form's text as the lead's transcript, so forms are analysed and delivered as calls are.
+    StoreFormText,
 }
 
 impl WorkKind {
@@ -28,10 +30,13 @@ impl WorkKind {
             Self::Analytics => "analytics",
             Self::Publish => "publish",
             Self::Notify => "notify",
+            Self::StoreFormText => "store_form_text",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::FetchRecording, Self::Analytics, Self::Publish, Self::Notify].into_iter().find(|k| k.as_str() == s)
+        [Self::FetchRecording, Self::Analytics, Self::Publish, Self::Notify, Self::StoreFormText]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
