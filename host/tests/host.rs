@@ -1,7 +1,10 @@
-//! The one-process host: on-webhook's recordings reach the router as one finalize event per generation, and the
-//! `callflow` binary serves, routes and stops cleanly.
+//! The one-process host: on-webhook's recordings reach the router as one finalize event per generation; a call and
+//! a web form go through every hosted stage to the tenant's lead receiver; the `callflow` binary serves, routes a
+//! call to `delivered` and stops cleanly.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,29 +12,13 @@ use axum::body::Body;
 use axum::http::Request;
 use callflow::domain::signature::sign_callrail;
 use callflow::ports::ObjectStore;
+use common::{fixture_tenants, repo};
 use tower::ServiceExt;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The fixture tenants with Acme's lead receiver at `crm` (secrets and workflow files still the fixtures').
-fn fixture_tenants(dir: &Path, crm: &str) -> PathBuf {
-    let fixtures = repo().join("fixtures");
-    let text = std::fs::read_to_string(fixtures.join("tenants.toml")).unwrap();
-    let text = text
-        .replace("http://127.0.0.1:8099/leads", &format!("{crm}/leads"))
-        .replace("file:secrets/", &format!("file:{}/secrets/", fixtures.display()))
-        .replace("\"workflows/", &format!("\"{}/workflows/", fixtures.display()));
-    let path = dir.join("tenants.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
     std::fs::create_dir_all(data).unwrap();

@@ -14,6 +14,8 @@
 //!
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use callflow::adapters::spanner::SpannerStateStore;
 use callflow::domain::signature::sign_callrail;
 use callflow::domain::{CallId, CallState, TenantId};
 use callflow::ports::{ObjectStore, StateStore};
+use common::{fixture_tenants, repo};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -34,10 +37,6 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
 const FIXTURE_CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 const PROJECT: &str = "callflow-emulators";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn emulators_present() -> bool {
     let vars = ["SPANNER_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"];
@@ -444,17 +443,4 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     })
     .await;
     assert_eq!(outcomes, ["on-analysis:retry_scheduled", "on-crm-retry:delivered"]);
-}
-
-/// The fixture tenants with Acme's lead receiver at `crm` (secrets and workflow files still the fixtures').
-fn fixture_tenants(dir: &Path, crm: &str) -> PathBuf {
-    let fixtures = repo().join("fixtures");
-    let text = std::fs::read_to_string(fixtures.join("tenants.toml")).unwrap();
-    let text = text
-        .replace("http://127.0.0.1:8099/leads", &format!("{crm}/leads"))
-        .replace("file:secrets/", &format!("file:{}/secrets/", fixtures.display()))
-        .replace("\"workflows/", &format!("\"{}/workflows/", fixtures.display()));
-    let path = dir.join("tenants.toml");
-    std::fs::write(&path, text).unwrap();
-    path
 }

@@ -45,17 +45,7 @@ pub async fn process(service: &Delivery, event: Result<IncomingEvent, EventError
             Ok(Claim::Done) => return Outcome::Early(Early::Duplicate),
             Err(e) => return Outcome::Early(Early::Retry { error: format!("claiming the delivery: {e}") }),
         };
-        let attempt = Attempt {
-            stage: STAGE,
-            tenant: &tenant,
-            call: &call,
-            claim,
-            chain: "a".into(),
-            seq: 0,
-            failed_before: 0,
-            first_failed_at: None,
-            started,
-        };
+        let attempt = Attempt::first(STAGE, &tenant, &call, claim, started);
         let outcome = lead_delivery::deliver(service, attempt).await;
         lead_delivery::log(&outcome, started);
         outcome

@@ -58,17 +58,7 @@ pub async fn process(service: &Delivery, event: Result<IncomingEvent, EventError
             Ok(Claim::Done) => return Outcome::Early(Early::Duplicate),
             Err(e) => return Outcome::Early(Early::Retry { error: format!("claiming the retry: {e}") }),
         };
-        let attempt = Attempt {
-            stage: STAGE,
-            tenant: &tenant,
-            call: &call,
-            claim,
-            chain: message.chain.clone(),
-            seq: message.seq,
-            failed_before: message.attempts,
-            first_failed_at: Some(message.first_failed_at),
-            started,
-        };
+        let attempt = Attempt::retry(STAGE, &tenant, &call, claim, &message, started);
         let outcome = lead_delivery::deliver(service, attempt).await;
         lead_delivery::log(&outcome, started);
         outcome

@@ -163,16 +163,20 @@ async fn a_crm_down_for_a_period_opens_the_circuit_and_every_lead_arrives_once_a
     assert_eq!(h.pushes().await.len() - before, calls.len(), "no push after a lead was delivered");
     let b = h.e.state.breaker(&t, "crm:webhook").await.unwrap();
     assert_eq!((b.open_until, b.consecutive_failures), (None, 0), "closed again");
-    let outcomes = analytics_outcomes(&h);
+    let outcomes = analytics_outcomes(&h, "'on-analysis', 'on-crm-retry'");
     assert!(outcomes.iter().any(|o| o == "deferred"));
     assert_eq!(outcomes.iter().filter(|o| *o == "delivered").count(), calls.len());
+    // Every transition counted: opened by the third failure, reopened by each failed probe, closed at recovery.
+    let transitions = analytics_outcomes(&h, "'crm-breaker'");
+    assert_eq!(transitions.last().map(String::as_str), Some("closed"), "{transitions:?}");
+    assert_eq!(transitions.iter().filter(|t| *t == "closed").count(), 1);
+    assert!(transitions.iter().filter(|t| *t == "opened").count() >= 2, "{transitions:?}");
 }
 
-fn analytics_outcomes(h: &Harness) -> Vec<String> {
+fn analytics_outcomes(h: &Harness, stages: &str) -> Vec<String> {
     let db = rusqlite::Connection::open(h.dir.path().join("data/analytics.sqlite")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT outcome FROM stage_events WHERE stage IN ('on-analysis', 'on-crm-retry') ORDER BY event_time")
-        .unwrap();
+    let sql = format!("SELECT outcome FROM stage_events WHERE stage IN ({stages}) ORDER BY event_time, rowid");
+    let mut stmt = db.prepare(&sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
@@ -229,4 +233,17 @@ async fn a_retry_for_a_delivered_call_does_nothing() {
     let stale = serde_json::to_value(CrmRetry::replay("acme", "CAL3", "x", h.clock.now_for_tests())).unwrap();
     assert_eq!(retry(&h, &stale, "stale").await.name(), "not_needed");
     assert_eq!(h.pushes().await.len(), 1);
+}
+
+#[test]
+fn a_backoff_longer_than_the_subscription_can_wait_is_refused_at_start() {
+    let eventarc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../eventarc");
+    let settings = |max: &str| {
+        let vars =
+            [("CALLFLOW_EVENTARC", eventarc.display().to_string()), ("CALLFLOW_CRM_BACKOFF_MAX_SECS", max.into())];
+        on_crm_retry::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+    };
+    assert!(settings("3600").is_ok());
+    let err = settings("7200").unwrap_err().to_string();
+    assert!(err.contains("CALLFLOW_CRM_BACKOFF_MAX_SECS=7200") && err.contains("20 deliveries"), "{err}");
 }

@@ -373,19 +373,68 @@ pub fn ready(call: &CallRecord) -> Result<(), Early> {
 
 /// One delivery attempt, holding `claim` (step `seq` of `chain`).
 pub struct Attempt<'a> {
-    pub stage: &'static str,
-    pub tenant: &'a Tenant,
-    pub call: &'a CallRecord,
-    pub claim: StageClaim,
-    pub chain: String,
-    pub seq: u32,
+    stage: &'static str,
+    tenant: &'a Tenant,
+    call: &'a CallRecord,
+    claim: StageClaim,
+    chain: String,
+    seq: u32,
     /// Failed pushes before this one.
-    pub failed_before: u32,
-    pub first_failed_at: Option<DateTime<Utc>>,
-    pub started: Instant,
+    failed_before: u32,
+    first_failed_at: Option<DateTime<Utc>>,
+    started: Instant,
+    /// A circuit transition this attempt caused: committed as an analytics row with its outcome.
+    breaker_transition: Option<&'static str>,
 }
 
-pub async fn deliver(service: &Delivery, a: Attempt<'_>) -> Outcome {
+impl<'a> Attempt<'a> {
+    /// on-analysis's push: the first step of the call's chain (`crm:a:0`).
+    pub fn first(
+        stage: &'static str,
+        tenant: &'a Tenant,
+        call: &'a CallRecord,
+        claim: StageClaim,
+        started: Instant,
+    ) -> Self {
+        Self {
+            stage,
+            tenant,
+            call,
+            claim,
+            chain: "a".into(),
+            seq: 0,
+            failed_before: 0,
+            first_failed_at: None,
+            started,
+            breaker_transition: None,
+        }
+    }
+
+    /// The step a `crm-retry` message stands for.
+    pub fn retry(
+        stage: &'static str,
+        tenant: &'a Tenant,
+        call: &'a CallRecord,
+        claim: StageClaim,
+        message: &CrmRetry,
+        started: Instant,
+    ) -> Self {
+        Self {
+            stage,
+            tenant,
+            call,
+            claim,
+            chain: message.chain.clone(),
+            seq: message.seq,
+            failed_before: message.attempts,
+            first_failed_at: Some(message.first_failed_at),
+            started,
+            breaker_transition: None,
+        }
+    }
+}
+
+pub async fn deliver(service: &Delivery, mut a: Attempt<'_>) -> Outcome {
     let p = &service.ports;
     let analysis = match p.state.analysis(&a.call.tenant_id, &a.call.call_id).await {
         Ok(Some(analysis)) => analysis,
@@ -406,7 +455,7 @@ pub async fn deliver(service: &Delivery, a: Attempt<'_>) -> Outcome {
         Verdict::Push { review, tags } => {
             let lead = Lead::new(a.call, &analysis, review, tags);
             match &a.tenant.crm {
-                Some(crm) => push(service, &a, &analysis, crm, lead).await,
+                Some(crm) => push(service, &mut a, &analysis, crm, lead).await,
                 None => {
                     let notices = lead_notices(a.tenant, &analysis, &lead, None);
                     let completion = Completion { follow_up: notices, ..Completion::default() };
@@ -418,7 +467,7 @@ pub async fn deliver(service: &Delivery, a: Attempt<'_>) -> Outcome {
     }
 }
 
-async fn push(service: &Delivery, a: &Attempt<'_>, analysis: &Analysis, crm: &CrmSettings, lead: Lead) -> Outcome {
+async fn push(service: &Delivery, a: &mut Attempt<'_>, analysis: &Analysis, crm: &CrmSettings, lead: Lead) -> Outcome {
     let (p, policy) = (&service.ports, &service.policy);
     let provider = crm.provider;
     let breaker = format!("crm:{provider}");
@@ -460,12 +509,10 @@ async fn push(service: &Delivery, a: &Attempt<'_>, analysis: &Analysis, crm: &Cr
     // is up. Only failures a retry could cure count against the circuit.
     let healthy = pushed.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
     match p.state.breaker_record(&a.call.tenant_id, &breaker, healthy, p.clock.now(), &policy.breaker).await {
-        Ok(Some(transition)) => tracing::warn!(
-            breaker = %breaker,
-            transition,
-            metric = "crm_breaker_transition",
-            "circuit {transition}"
-        ),
+        Ok(Some(transition)) => {
+            tracing::warn!(breaker = %breaker, transition, metric = "crm_breaker_transition", "circuit {transition}");
+            a.breaker_transition = Some(transition);
+        }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "recording the circuit breaker failed"),
     }
@@ -631,6 +678,26 @@ async fn commit(
     }
     .into_row(&a.claim.key);
     completion.follow_up.push(row.work());
+    if let Some(transition) = a.breaker_transition {
+        // Counted in analytics: one row per transition, on the call whose push caused it.
+        let breaker = format!("crm:{}", provider.unwrap_or("none"));
+        let row = StageEvent {
+            call: &after,
+            stage: "crm-breaker",
+            outcome: transition,
+            event_kind: None,
+            at: now,
+            stage_duration_ms: None,
+            attempts: None,
+            bytes: None,
+            cost_usd: None,
+            reason: Some(&breaker),
+            engine: provider,
+            audio_secs: None,
+        }
+        .into_row(&format!("{}:breaker", a.claim.key));
+        completion.follow_up.push(row.work());
+    }
     match service.ports.state.finish_stage(&a.claim, completion).await {
         Ok(true) => outcome,
         Ok(false) => Outcome::Early(Early::Busy { until: now }),
