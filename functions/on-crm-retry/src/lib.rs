@@ -10,30 +10,12 @@ pub mod stage;
 use axum::Router;
 use axum::routing::post;
 use callflow::runtime::ApiError;
-use callflow::runtime::config::Common;
-use callflow::runtime::lead_delivery::{Delivery, Policy};
+use callflow::runtime::lead_delivery::Delivery;
+/// The environment this function reads (the same as its sibling's).
+pub use callflow::runtime::lead_delivery::Settings;
 
 /// The trigger whose deliveries this function receives (eventarc/triggers.toml).
 pub const TRIGGER: &str = "crm-retry";
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub common: Common,
-    pub policy: Policy,
-}
-
-impl Settings {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let common = Common::from_lookup(&var)?;
-        common.trigger(TRIGGER)?;
-        let policy = Policy::from_lookup(&common, &var)?;
-        Ok(Self { common, policy })
-    }
-}
 
 async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()

@@ -71,6 +71,25 @@ impl Notifiers {
     }
 }
 
+/// What on-analysis and on-crm-retry read from the environment (the same variables for both).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: Common,
+    pub policy: Policy,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let common = Common::from_lookup(&var)?;
+        let policy = Policy::from_lookup(&common, &var)?;
+        Ok(Self { common, policy })
+    }
+}
+
 /// How deliveries are retried and guarded (the same for both functions).
 #[derive(Debug, Clone)]
 pub struct Policy {
