@@ -56,6 +56,10 @@ enum Command {
     CrmReceiver {
         #[arg(long, default_value_t = 8099)]
         port: u16,
+        /// The address to listen on. Loopback by default: `GET /leads` lists what it received, caller details
+        /// included, without authentication.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
         /// The tenant's `whsec_…` signing secret, from this file.
         #[arg(long)]
         secret_file: std::path::PathBuf,
@@ -143,7 +147,9 @@ async fn main() -> ExitCode {
             bench_delivery::run(leads, concurrency, backlog).await
         }
         Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
-        Command::CrmReceiver { port, secret_file, out } => crm_receiver(port, secret_file, out).await,
+        Command::CrmReceiver { port, bind, secret_file, out } => {
+            crm_receiver((bind, port).into(), secret_file, out).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,14 +164,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn crm_receiver(port: u16, secret_file: std::path::PathBuf, out: std::path::PathBuf) -> anyhow::Result<()> {
+async fn crm_receiver(
+    addr: std::net::SocketAddr,
+    secret_file: std::path::PathBuf,
+    out: std::path::PathBuf,
+) -> anyhow::Result<()> {
     let secret = std::fs::read_to_string(&secret_file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secret_file.display()))?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let app = receiver::app(receiver::Receiver::new(&secret, out)?);
-    serve::serve(app, port, serve::shutdown_signal(), std::time::Duration::from_secs(2)).await
+    serve::serve_on(app, addr, serve::shutdown_signal(), std::time::Duration::from_secs(2)).await
 }
 
 async fn serve_all() -> anyhow::Result<()> {

@@ -361,3 +361,67 @@ async fn a_spoken_call_is_transcribed_offline_through_the_embedded_chain() {
     assert_eq!(analysis.findings.project_type, callflow::domain::analysis::ProjectType::Kitchen);
     assert_eq!(analysis.findings.intent, callflow::domain::analysis::Intent::NewLead);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_crm_receiver_verifies_keeps_each_lead_once_and_survives_a_restart() {
+    use callflow::domain::signature::{sign_standard_webhook, standard_webhooks_key};
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = repo().join("fixtures/secrets/acme-crm-webhook-secret");
+    let key = standard_webhooks_key(&std::fs::read_to_string(&secret_file).unwrap()).unwrap();
+    let out = dir.path().join("leads.jsonl");
+    let port = free_port();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_callflow"))
+            .args(["crm-receiver", "--port", &port.to_string(), "--secret-file"])
+            .arg(&secret_file)
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/leads");
+    let wait_up = async || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.get(&url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the receiver did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let post = async |id: &str, body: &str, key: &[u8]| {
+        let ts = chrono::Utc::now().timestamp();
+        let resp = client
+            .post(&url)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sign_standard_webhook(key, id, ts, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let mut child = start();
+    wait_up().await;
+    let lead = r#"{"type":"lead","lead":{"call_id":"CAL1"}}"#;
+    let (status, first) = post("acme:CAL1", lead, &key).await;
+    assert_eq!((status, first["id"].as_str()), (201, Some("lead-1")));
+    assert_eq!(
+        post("acme:CAL1", lead, &key).await,
+        (409, serde_json::json!({"id": "lead-1", "error": "already received"}))
+    );
+    assert_eq!(post("acme:CAL2", lead, b"another key").await.0, 401, "a bad signature is refused");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The file is the record: after a restart the same lead is still a duplicate.
+    let mut child = start();
+    wait_up().await;
+    assert_eq!(post("acme:CAL1", lead, &key).await.0, 409);
+    let listed: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["document"]["lead"]["call_id"], "CAL1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -58,7 +58,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    serve_on(router, SocketAddr::from(([0, 0, 0, 0], port)), shutdown, drain).await
+}
+
+/// `serve` on a chosen address (e.g. loopback only, for local tools that must not be reachable from outside).
+pub async fn serve_on(
+    router: Router,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(port = listener.local_addr()?.port(), "listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, with_runtime(router).into_make_service_with_connect_info::<SocketAddr>())
