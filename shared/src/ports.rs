@@ -324,6 +324,27 @@ impl VendorError {
     }
 }
 
+/// One page of an account's calls that started in [start, end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallListQuery {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// 1-based.
+    pub page: u32,
+    /// Calls per page; CallRail allows 1..=250 (clamped).
+    pub per_page: u32,
+}
+
+/// A page of calls as CallRail lists them: each call object as sent (the fields a post-call webhook carries), so
+/// the intake parses it with the webhook's code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallPage {
+    pub calls: Vec<serde_json::Value>,
+    pub page: u32,
+    pub total_pages: u32,
+    pub total_records: u64,
+}
+
 #[async_trait]
 pub trait CallRailClient: Send + Sync {
     /// The call's recording: `recording.json` for its URL, then the audio itself.
@@ -333,6 +354,15 @@ pub trait CallRailClient: Send + Sync {
         call_id: &CallId,
         api_key: &Secret,
     ) -> Result<RecordingDownload, VendorError>;
+
+    /// One page of the account's calls that started in the query's window, oldest first, for reconciling calls
+    /// whose webhook never arrived (CallRail does not retry webhooks).
+    async fn list_calls(
+        &self,
+        account_id: &str,
+        api_key: &Secret,
+        query: &CallListQuery,
+    ) -> Result<CallPage, VendorError>;
 }
 
 /// The recording to transcribe: where it is, and what the engine needs to know about it.
