@@ -1,11 +1,12 @@
 //! Trigger definitions (`eventarc/triggers.toml`) bound to one environment's names (`eventarc/environments.toml`).
-//! Pure parsing and validation; every error names the file, the trigger and the field.
+//! Pure parsing and validation; every error names the file, the trigger (or schedule) and the field.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::runtime::cloudevent::{PUBSUB_PUBLISHED, STORAGE_FINALIZED};
@@ -53,11 +54,40 @@ pub struct Trigger {
     pub retry: Retry,
 }
 
+/// A scheduled message (Cloud Scheduler with a Pub/Sub target): at every slot of `cron` (five-field unix-cron,
+/// UTC) one message with `data` as its body is published on `topic`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: croner::Cron,
+    /// Real topic name.
+    pub topic: String,
+    /// The role the topic was given by (`scheduled`).
+    pub role: String,
+    pub data: Option<serde_json::Value>,
+}
+
+impl Schedule {
+    /// The first slot strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+    /// The latest slot at or before `at`.
+    pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_previous_occurrence(&at, true).ok()
+    }
+    /// The message body: the data as compact JSON, or empty.
+    pub fn body(&self) -> Vec<u8> {
+        self.data.as_ref().map(|d| serde_json::to_vec(d).expect("json")).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Triggers {
     pub environment: String,
     pub project: String,
     pub triggers: Vec<Trigger>,
+    pub schedules: Vec<Schedule>,
     /// Role → real name.
     pub buckets: BTreeMap<String, String>,
     pub topics: BTreeMap<String, String>,
@@ -77,6 +107,9 @@ impl Triggers {
     pub fn for_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Trigger> + 'a {
         self.triggers.iter().filter(move |t| t.source == Source::Topic(topic.to_owned()))
     }
+    pub fn schedule(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
     pub fn get(&self, name: &str) -> Option<&Trigger> {
         self.triggers.iter().find(|t| t.name == name)
     }
@@ -92,6 +125,7 @@ impl Triggers {
 pub struct DefinitionError {
     pub file: String,
     pub trigger: Option<String>,
+    pub schedule: Option<String>,
     pub field: Option<String>,
     pub message: String,
 }
@@ -101,6 +135,9 @@ impl fmt::Display for DefinitionError {
         write!(f, "{}", self.file)?;
         if let Some(t) = &self.trigger {
             write!(f, ": trigger {t:?}")?;
+        }
+        if let Some(s) = &self.schedule {
+            write!(f, ": schedule {s:?}")?;
         }
         if let Some(field) = &self.field {
             write!(f, ", field {field:?}")?;
@@ -116,7 +153,12 @@ impl std::error::Error for DefinitionError {}
 struct TriggersFile {
     #[serde(rename = "trigger", default)]
     triggers: Vec<RawTrigger>,
+    /// Checked field by field (`parse_schedule`), so that every error names the schedule.
+    #[serde(rename = "schedule", default)]
+    schedules: Vec<toml::Table>,
 }
+
+const SCHEDULE_FIELDS: [&str; 4] = ["name", "cron", "topic", "data"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +204,7 @@ pub fn load(dir: &Path, environment: &str) -> Result<Triggers, DefinitionError> 
         std::fs::read_to_string(&path).map_err(|e| DefinitionError {
             file: path.display().to_string(),
             trigger: None,
+            schedule: None,
             field: None,
             message: format!("cannot read: {e}"),
         })
@@ -181,6 +224,7 @@ pub fn parse(
     let fail = |file: &str, trigger: Option<&str>, field: Option<&str>, message: String| DefinitionError {
         file: file.to_owned(),
         trigger: trigger.map(str::to_owned),
+        schedule: None,
         field: field.map(str::to_owned),
         message,
     };
@@ -264,14 +308,97 @@ pub fn parse(
             },
         });
     }
+    let mut schedules: Vec<Schedule> = Vec::new();
+    for (i, table) in file.schedules.iter().enumerate() {
+        let schedule =
+            parse_schedule(table, i, &triggers, &env.topics, environment).map_err(|(label, field, message)| {
+                DefinitionError {
+                    file: triggers_file.to_owned(),
+                    trigger: None,
+                    schedule: Some(label),
+                    field: Some(field),
+                    message,
+                }
+            })?;
+        if schedules.iter().any(|s| s.name == schedule.name) {
+            let e = fail(triggers_file, None, Some("name"), "defined twice".into());
+            return Err(DefinitionError { schedule: Some(schedule.name), ..e });
+        }
+        schedules.push(schedule);
+    }
     Ok(Triggers {
         environment: environment.to_owned(),
         project: env.project.clone(),
         triggers,
+        schedules,
         buckets: env.buckets.clone(),
         topics: env.topics.clone(),
         functions: env.functions.clone(),
     })
+}
+
+/// Cloud Scheduler's unix-cron: five fields, UTC.
+fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    let fields = text.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!("{text:?} has {fields} fields: use five-field unix-cron (minute hour day month weekday)"));
+    }
+    let parser = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build();
+    let cron = parser.parse(text).map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))?;
+    let epoch = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01");
+    cron.find_next_occurrence(&epoch, false).map_err(|_| format!("{text:?} never fires"))?;
+    Ok(cron)
+}
+
+/// One `[[schedule]]` table; an error is (schedule label, field, message).
+fn parse_schedule(
+    table: &toml::Table,
+    index: usize,
+    triggers: &[Trigger],
+    topics: &BTreeMap<String, String>,
+    environment: &str,
+) -> Result<Schedule, (String, String, String)> {
+    let label = match table.get("name") {
+        Some(toml::Value::String(name)) => name.clone(),
+        _ => format!("#{}", index + 1),
+    };
+    let err = |field: &str, message: String| (label.clone(), field.to_owned(), message);
+    if let Some(unknown) = table.keys().find(|k| !SCHEDULE_FIELDS.contains(&k.as_str())) {
+        let message = format!("unknown field {unknown:?} (expected {})", SCHEDULE_FIELDS.join(", "));
+        return Err((label, unknown.clone(), message));
+    }
+    let string = |field: &'static str, required: bool| match table.get(field) {
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(err(field, format!("must be a string, not {}", other.type_str()))),
+        None if required => Err(err(field, "missing".into())),
+        None => Ok(None),
+    };
+    let name = string("name", true)?.unwrap_or_default();
+    if !valid_name(&name) {
+        return Err(err("name", "use 1-63 characters of a-z, 0-9 and '-'".into()));
+    }
+    let cron = parse_cron(&string("cron", true)?.unwrap_or_default()).map_err(|m| err("cron", m))?;
+    let role = string("topic", true)?.unwrap_or_default();
+    let topic = topics.get(&role).cloned().ok_or_else(|| {
+        let known: Vec<&str> = topics.keys().map(String::as_str).collect();
+        err(
+            "topic",
+            format!("topic role {role:?} is not bound in environment {environment:?} (bound: {})", known.join(", ")),
+        )
+    })?;
+    if !triggers.iter().any(|t| t.source == Source::Topic(topic.clone())) {
+        return Err(err("topic", format!("no trigger listens to topic role {role:?}: its messages would be dropped")));
+    }
+    let data = match string("data", false)? {
+        Some(text) => {
+            Some(serde_json::from_str(&text).map_err(|e| err("data", format!("must be a JSON document: {e}")))?)
+        }
+        None => None,
+    };
+    Ok(Schedule { name, cron, topic, role, data })
 }
 
 #[cfg(test)]
@@ -286,6 +413,14 @@ mod tests {
         for env in ["embedded", "emulators", "gcp"] {
             let t = parse(TRIGGERS, "triggers.toml", ENVS, "environments.toml", env).unwrap();
             assert_eq!(t.triggers.len(), 5, "{env}");
+            // The cleanup schedule publishes on the environment's `scheduled` topic, which a trigger listens to.
+            let cleanup = t.schedule("cleanup").unwrap_or_else(|| panic!("{env}: no cleanup schedule"));
+            assert_eq!(cleanup.topic, t.topic("scheduled").unwrap(), "{env}");
+            assert_eq!(
+                t.for_topic(&cleanup.topic).map(|t| t.destination.as_str()).collect::<Vec<_>>(),
+                ["cleanup-scheduled"]
+            );
+            assert_eq!(cleanup.data.as_ref().unwrap()["jobs"][0], "retention", "{env}");
         }
         let t = parse(TRIGGERS, "triggers.toml", ENVS, "environments.toml", "embedded").unwrap();
         let on_rec: Vec<_> = t.for_bucket("recordings").map(|t| t.destination.as_str()).collect();
@@ -346,5 +481,93 @@ mod tests {
         assert!(e.starts_with("eventarc/triggers.toml") && e.contains("destinaton"), "{e}");
         let e = parse(OK, "f", ENVS, "eventarc/environments.toml", "staging").unwrap_err().to_string();
         assert!(e.contains("no environment \"staging\""), "{e}");
+    }
+
+    /// A trigger on the `scheduled` topic and one schedule publishing on it.
+    const SCHEDULED: &str = r#"
+        [[trigger]]
+        name = "cleanup-scheduled"
+        destination = "cleanup-scheduled"
+        event_type = "google.cloud.pubsub.topic.v1.messagePublished"
+        topic = "scheduled"
+        [trigger.retry]
+        min_backoff_secs = 10
+        max_backoff_secs = 600
+        max_delivery_attempts = 5
+        dead_letter_topic = "dead-letters"
+
+        [[schedule]]
+        name = "cleanup"
+        cron = "*/15 * * * *"
+        topic = "scheduled"
+        data = '{"jobs": ["retention"]}'
+    "#;
+
+    #[test]
+    fn schedules_are_five_field_utc_cron_on_a_listened_topic() {
+        let t = parse(SCHEDULED, "f", ENVS, "e", "gcp").unwrap();
+        let s = t.schedule("cleanup").unwrap();
+        assert_eq!((s.topic.as_str(), s.role.as_str()), ("callflow-scheduled", "scheduled"));
+        assert_eq!(s.data, Some(serde_json::json!({"jobs": ["retention"]})));
+        assert_eq!(s.body(), br#"{"jobs":["retention"]}"#);
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        assert_eq!(s.next_after(at("2025-03-01T10:00:00Z")), Some(at("2025-03-01T10:15:00Z")));
+        assert_eq!(s.next_after(at("2025-03-01T10:14:59.5Z")), Some(at("2025-03-01T10:15:00Z")));
+        assert_eq!(s.latest_at_or_before(at("2025-03-01T13:07:00Z")), Some(at("2025-03-01T13:00:00Z")));
+        assert_eq!(s.latest_at_or_before(at("2025-03-01T13:15:00Z")), Some(at("2025-03-01T13:15:00Z")));
+        // Day of month and day of week restrict together as in unix-cron (either matches).
+        let t = parse(&SCHEDULED.replace("*/15 * * * *", "30 2 1 * MON"), "f", ENVS, "e", "gcp").unwrap();
+        let s = t.schedule("cleanup").unwrap();
+        assert_eq!(s.next_after(at("2025-03-01T03:00:00Z")), Some(at("2025-03-03T02:30:00Z")), "Monday the 3rd");
+        // Without data, the body is empty.
+        let t = parse(&SCHEDULED.replace("data = '{\"jobs\": [\"retention\"]}'", ""), "f", ENVS, "e", "gcp").unwrap();
+        assert_eq!((t.schedules[0].data.clone(), t.schedules[0].body()), (None, Vec::new()));
+    }
+
+    #[test]
+    fn invalid_schedules_say_file_schedule_and_field() {
+        let second = "[[schedule]]\nname = \"cleanup\"\ncron = \"0 * * * *\"\ntopic = \"scheduled\"\n";
+        let cases = [
+            (SCHEDULED.replace("cron = ", "kron = "), r#"schedule "cleanup", field "kron": unknown field"#),
+            (
+                SCHEDULED.replace("*/15 * * * *", "*/15 * * *"),
+                r#"schedule "cleanup", field "cron": "*/15 * * *" has 4"#,
+            ),
+            (SCHEDULED.replace("*/15 * * * *", "0 */15 * * * *"), r#"schedule "cleanup", field "cron""#),
+            (
+                SCHEDULED.replace("*/15 * * * *", "61 * * * *"),
+                r#"schedule "cleanup", field "cron": "61 * * * *" is not"#,
+            ),
+            (SCHEDULED.replace("*/15 * * * *", "@hourly"), r#"schedule "cleanup", field "cron""#),
+            (
+                SCHEDULED.replace("*/15 * * * *", "0 0 30 2 *"),
+                r#"schedule "cleanup", field "cron": "0 0 30 2 *" never"#,
+            ),
+            (
+                SCHEDULED.replace("topic = \"scheduled\"\n        data", "topic = \"schedule\"\n        data"),
+                r#"schedule "cleanup", field "topic": topic role "schedule" is not bound"#,
+            ),
+            (
+                SCHEDULED.replace("topic = \"scheduled\"\n        data", "topic = \"crm-retry\"\n        data"),
+                r#"schedule "cleanup", field "topic": no trigger listens to topic role "crm-retry""#,
+            ),
+            (
+                SCHEDULED.replace(r#"["retention"]}"#, r#"["retention"]"#),
+                r#"schedule "cleanup", field "data": must be a JSON"#,
+            ),
+            (SCHEDULED.replace("data = '", "data = 7 # '"), r#"schedule "cleanup", field "data": must be a string"#),
+            (format!("{SCHEDULED}{second}"), r#"schedule "cleanup", field "name": defined twice"#),
+            (SCHEDULED.replace("name = \"cleanup\"", "name = \"Clean Up\""), r#"schedule "Clean Up", field "name""#),
+            (SCHEDULED.replace("name = \"cleanup\"", ""), r##"schedule "#1", field "name": missing"##),
+            (SCHEDULED.replace("cron = \"*/15 * * * *\"", ""), r#"schedule "cleanup", field "cron": missing"#),
+        ];
+        for (text, expected) in cases {
+            let e = error(&text);
+            assert!(e.starts_with("eventarc/triggers.toml: schedule"), "{e}");
+            assert!(e.contains(expected), "expected {expected:?} in {e}");
+        }
+        // A misspelt table is refused by the file's own shape.
+        let e = error(&SCHEDULED.replace("[[schedule]]", "[[schedules]]"));
+        assert!(e.starts_with("eventarc/triggers.toml") && e.contains("schedules"), "{e}");
     }
 }

@@ -7,10 +7,13 @@
 //! jitter within the trigger's policy, and after the last attempt the event goes to the dead-letter store with
 //! its last status and reason. Undelivered events survive a restart. No ordering promise; concurrency is bounded
 //! per function. Deduplicating deliveries is the functions' job, as on Google Cloud.
+//!
+//! It is also Cloud Scheduler: every `[[schedule]]` of `eventarc/triggers.toml` publishes one message on its
+//! topic per due cron slot (`fire_schedules`, called by `run`), through the same durable path as `publish`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,7 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use http::{Request, StatusCode};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -30,7 +33,7 @@ use tower::ServiceExt;
 
 use super::sqlite::{Durability, Writer, open_connection};
 use crate::domain::work::RetryPolicy;
-use crate::eventarc::{EventType, Trigger, Triggers};
+use crate::eventarc::{EventType, Schedule, Trigger, Triggers};
 use crate::ports::{ByteStream, EventPublisher, NewObject, ObjectInfo, ObjectPage, ObjectStore, PortError, PortResult};
 
 const SCHEMA: &str = r"
@@ -69,7 +72,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason          TEXT NOT NULL,
     dead_lettered_at TEXT NOT NULL
 );
+-- Per schedule, the slot it last fired for (or when this file first saw it); µs since the epoch.
+CREATE TABLE IF NOT EXISTS schedules (
+    name      TEXT PRIMARY KEY,
+    last_fire INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// How often `run` looks for due schedules (cron's resolution is a minute).
+const SCHEDULE_CHECK: Duration = Duration::from_secs(1);
 
 /// Pub/Sub push acknowledges 102, 200, 201, 204 on both the service and its emulator (202 only in production):
 /// acknowledging only these keeps a function that answers 202 from passing here and failing on the emulators.
@@ -126,6 +137,8 @@ pub struct LocalRouter {
     writer: Writer,
     functions: RwLock<HashMap<String, Arc<Hosted>>>,
     wake: Notify,
+    /// Schedule → the earliest time it can be due (a hint that spares `fire_schedules` a write; the file decides).
+    schedule_hints: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Multiplies every backoff and lease (tests run the real policies a thousand times faster).
     time_scale: f64,
 }
@@ -180,6 +193,7 @@ impl LocalRouter {
             writer: Writer::start(conn, "router"),
             functions: RwLock::new(HashMap::new()),
             wake: Notify::new(),
+            schedule_hints: Mutex::new(HashMap::new()),
             time_scale,
         })
     }
@@ -214,36 +228,111 @@ impl LocalRouter {
         if matches.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<(String, String)> = matches.iter().map(|t| (t.name.clone(), t.destination.clone())).collect();
+        let rows = trigger_rows(&matches);
         let now = micros(Utc::now());
-        let recorded = self
-            .writer
-            .write(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "INSERT OR IGNORE INTO events (trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time,
-                                                   body, not_before, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                )?;
-                let mut n = 0;
-                for (trigger, destination) in &rows {
-                    let body = event.body_for(trigger);
-                    n += stmt.execute(params![
-                        trigger,
-                        destination,
-                        event.id,
-                        event.source,
-                        event.ty,
-                        event.subject,
-                        event.time,
-                        &body[..],
-                        now
-                    ])?;
-                }
-                Ok(n)
-            })
-            .await?;
+        let recorded = self.writer.write(move |c| insert_events(c, &rows, &event, now)).await?;
         self.wake.notify_one();
         Ok(recorded)
+    }
+
+    /// Cloud Scheduler: publish one message for every schedule that is due at `now`, and return how many fired.
+    ///
+    /// A schedule is due when the first cron slot after its last fire is at or before `now`; it then fires once,
+    /// for the latest slot at or before `now` (a host that was down for hours fires once, not once per missed
+    /// slot). The message (body: the schedule's data; attributes `schedule` and `schedule_time`, RFC 3339) is
+    /// recorded for the topic's triggers in the same transaction that moves the last fire, so a slot fires once
+    /// across restarts. Only schedules whose topic has a trigger with a destination hosted here are considered,
+    /// and the first time one is, it starts from `now` without firing.
+    pub async fn fire_schedules(&self, now: DateTime<Utc>) -> PortResult<usize> {
+        let schedules: Vec<&Schedule> = {
+            let functions = self.functions.read().expect("functions lock");
+            self.triggers
+                .schedules
+                .iter()
+                .filter(|s| self.triggers.for_topic(&s.topic).any(|t| functions.contains_key(&t.destination)))
+                .collect()
+        };
+        let mut fired = 0;
+        for schedule in schedules {
+            let hint = self.schedule_hints.lock().expect("hints lock").get(&schedule.name).copied();
+            if hint.is_some_and(|due| now < due) {
+                continue;
+            }
+            let (slot, last_fire) = self.fire_schedule(schedule, now).await?;
+            let next = schedule.next_after(last_fire).unwrap_or(DateTime::<Utc>::MAX_UTC);
+            self.schedule_hints.lock().expect("hints lock").insert(schedule.name.clone(), next);
+            if let Some(slot) = slot {
+                fired += 1;
+                tracing::info!(schedule = %schedule.name, topic = %schedule.topic, schedule_time = %slot, "schedule fired");
+            }
+        }
+        if fired > 0 {
+            self.wake.notify_one();
+        }
+        Ok(fired)
+    }
+
+    /// One schedule at `now`: the slot it fired for (if it did) and its last fire afterwards.
+    async fn fire_schedule(
+        &self,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+    ) -> PortResult<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+        let schedule = schedule.clone();
+        let rows = trigger_rows(&self.triggers.for_topic(&schedule.topic).collect::<Vec<_>>());
+        let project = self.triggers.project.clone();
+        self.writer
+            .write(move |c| {
+                let last: Option<i64> = c
+                    .query_row("SELECT last_fire FROM schedules WHERE name = ?1", params![schedule.name], |r| r.get(0))
+                    .optional()?;
+                let save = |at: DateTime<Utc>| {
+                    c.execute(
+                        "INSERT INTO schedules (name, last_fire) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET last_fire = excluded.last_fire",
+                        params![schedule.name, micros(at)],
+                    )
+                };
+                let Some(last) = last.and_then(DateTime::from_timestamp_micros) else {
+                    save(now)?;
+                    return Ok((None, now));
+                };
+                let Some(next) = schedule.next_after(last).filter(|next| *next <= now) else {
+                    return Ok((None, last));
+                };
+                let slot = schedule.latest_at_or_before(now).filter(|s| *s >= next).unwrap_or(next);
+                save(slot)?;
+                let schedule_time = slot.to_rfc3339_opts(SecondsFormat::Secs, true);
+                // One message id per schedule and slot: a slot recorded twice would be one event.
+                let digest = Sha256::digest(format!("schedule/{}/{schedule_time}", schedule.name).as_bytes());
+                let attributes = BTreeMap::from([
+                    ("schedule".to_owned(), schedule.name.clone()),
+                    ("schedule_time".to_owned(), schedule_time),
+                ]);
+                let event = EventRecord::pubsub(
+                    &project,
+                    &schedule.topic,
+                    &hex::encode(&digest[..16]),
+                    &schedule.body(),
+                    &attributes,
+                    None,
+                );
+                insert_events(c, &rows, &event, micros(Utc::now()))?;
+                Ok((Some(slot), slot))
+            })
+            .await
+    }
+
+    /// Each schedule's last fire as recorded in the file (tests and the ops view).
+    pub async fn schedule_last_fires(&self) -> PortResult<BTreeMap<String, DateTime<Utc>>> {
+        self.writer
+            .write(|c| {
+                let mut stmt = c.prepare("SELECT name, last_fire FROM schedules ORDER BY name")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                let rows: Vec<(String, i64)> = rows.collect::<rusqlite::Result<_>>()?;
+                Ok(rows.into_iter().filter_map(|(n, t)| Some((n, DateTime::from_timestamp_micros(t)?))).collect())
+            })
+            .await
     }
 
     /// Record the finalize event of an object generation for every trigger on its bucket.
@@ -510,11 +599,19 @@ impl LocalRouter {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tasks: JoinSet<Option<(i64, String)>> = JoinSet::new();
         let mut acked: Vec<(i64, String)> = Vec::new();
+        let mut schedules_checked: Option<Instant> = None;
         while !*stop.borrow() {
             while let Some(done) = tasks.try_join_next() {
                 acked.extend(done.ok().flatten());
             }
             self.ack(std::mem::take(&mut acked)).await;
+            if !self.triggers.schedules.is_empty() && schedules_checked.is_none_or(|at| at.elapsed() >= SCHEDULE_CHECK)
+            {
+                schedules_checked = Some(Instant::now());
+                if let Err(e) = self.fire_schedules(Utc::now()).await {
+                    tracing::error!(error = %e, "firing schedules failed");
+                }
+            }
             let hosted: Vec<(String, Arc<Hosted>)> =
                 self.functions.read().expect("functions lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let mut claimed_any = false;
@@ -585,6 +682,40 @@ impl EventPublisher for LocalRouter {
         self.record(matches, event).await?;
         Ok(message_id)
     }
+}
+
+fn trigger_rows(matches: &[&Trigger]) -> Vec<(String, String)> {
+    matches.iter().map(|t| (t.name.clone(), t.destination.clone())).collect()
+}
+
+/// Record `event` once per trigger (`rows`: name, destination); an event already recorded is kept as it is.
+fn insert_events(
+    c: &rusqlite::Connection,
+    rows: &[(String, String)],
+    event: &EventRecord,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = c.prepare_cached(
+        "INSERT OR IGNORE INTO events (trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time,
+                                       body, not_before, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    )?;
+    let mut n = 0;
+    for (trigger, destination) in rows {
+        let body = event.body_for(trigger);
+        n += stmt.execute(params![
+            trigger,
+            destination,
+            event.id,
+            event.source,
+            event.ty,
+            event.subject,
+            event.time,
+            &body[..],
+            now
+        ])?;
+    }
+    Ok(n)
 }
 
 /// A CloudEvent before it is bound to a trigger (Pub/Sub bodies name the trigger's subscription).
