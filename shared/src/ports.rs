@@ -130,6 +130,58 @@ pub trait StateStore: Send + Sync {
         revive_to: Option<crate::domain::CallState>,
         follow_up: Vec<crate::domain::work::NewWork>,
     ) -> PortResult<bool>;
+
+    /// A page of the tenant's calls that `scan` selects, in call-id order after `scan.after`.
+    async fn scan_calls(&self, tenant: &TenantId, scan: &CallScan) -> PortResult<Vec<CallRecord>>;
+
+    /// Calls of a tenant whose caller had this phone (E.164) or this email (compared lower-cased), from the lead or
+    /// from the analysis's caller details: the calls an erasure request names.
+    async fn calls_by_contact(
+        &self,
+        tenant: &TenantId,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> PortResult<Vec<CallRecord>>;
+
+    /// In one transaction: replace the call's lead with `lead` (the caller already blanked its personal fields),
+    /// clear `recording_object`, blank the stored analysis's caller details (name, email, zip, callback time), clear
+    /// the call's contact keys, and append `record` to the erasure log. `false` when there is no such call.
+    async fn erase_call(&self, lead: crate::domain::LeadDetails, record: ErasureRecord) -> PortResult<bool>;
+
+    /// The erasure log of a tenant, newest first.
+    async fn erasures(&self, tenant: &TenantId, limit: usize) -> PortResult<Vec<ErasureRecord>>;
+
+    /// A job's resume point per tenant (e.g. `retention` → the last call id handled), so bounded runs continue where
+    /// the last stopped; `None` clears it.
+    async fn job_cursor(&self, tenant: &TenantId, job: &str) -> PortResult<Option<String>>;
+
+    async fn set_job_cursor(&self, tenant: &TenantId, job: &str, cursor: Option<&str>) -> PortResult<()>;
+}
+
+/// Which of a tenant's calls a cleanup job walks: in call-id order, after a cursor, a page at a time.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallScan {
+    /// Only calls in these states (empty: any state).
+    pub states: Vec<crate::domain::CallState>,
+    /// Only calls created before this (retention).
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only calls last changed before this (stuck calls).
+    pub updated_before: Option<DateTime<Utc>>,
+    /// Resume after this call id (the last of the previous page).
+    pub after: Option<CallId>,
+    pub limit: usize,
+}
+
+/// What an erasure (a caller's request, or retention) removed from one call, kept without the personal data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasureRecord {
+    pub tenant_id: TenantId,
+    pub call_id: CallId,
+    /// The request it answers (an erasure request id, or `retention:{date}`).
+    pub request_id: String,
+    /// What was erased, e.g. ["recording", "transcript", "lead contact fields", "analysis caller details"].
+    pub erased: Vec<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// An event a stage refused, as the dead letter keeps it. The ids are the event's claims, possibly wrong or

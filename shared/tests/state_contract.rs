@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use callflow::adapters::spanner::SpannerStateStore;
 use callflow::adapters::sqlite::{Durability, SqliteStateStore};
+use callflow::domain::analysis::{
+    ANALYSIS_SCHEMA_VERSION, Analysis, Budget, CallerDetails, Findings, Intent, ProjectType, Sentiment, Urgency, Usage,
+};
 use callflow::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use callflow::domain::crm::CrmDelivery;
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
-use callflow::ports::{Claim, RefusedEvent, StateStore};
+use callflow::ports::{CallScan, Claim, ErasureRecord, RefusedEvent, StateStore};
 use chrono::{DateTime, Utc};
 
 fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
@@ -226,10 +229,6 @@ async fn dead_letters_keep_refused_events_once(store: Arc<dyn StateStore>) {
 }
 
 async fn analyses_are_stored_with_the_transition(store: Arc<dyn StateStore>) {
-    use callflow::domain::analysis::{
-        ANALYSIS_SCHEMA_VERSION, Analysis, Budget, CallerDetails, Findings, Intent, ProjectType, Sentiment, Urgency,
-        Usage,
-    };
     let (tenant, call) = (TenantId::parse("acme").unwrap(), CallId::parse("CALanalysed").unwrap());
     store.record_intake(event("acme", "CALanalysed", true)).await.unwrap();
     assert_eq!(store.analysis(&tenant, &call).await.unwrap(), None);
@@ -452,6 +451,299 @@ async fn dead_letters_are_replayed_once(store: Arc<dyn StateStore>) {
     }
 }
 
+/// Whole microseconds `days` ago: what both stores keep.
+fn days_ago(days: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros((Utc::now() - chrono::Duration::days(days)).timestamp_micros()).unwrap()
+}
+
+fn tenant(id: &str) -> TenantId {
+    TenantId::parse(id).unwrap()
+}
+
+fn call_id(id: &str) -> CallId {
+    CallId::parse(id).unwrap()
+}
+
+/// An intake event for a call with this lead, received at `at`.
+fn event_with(tenant: &str, call: &str, lead: LeadDetails, at: DateTime<Utc>) -> IntakeEvent {
+    IntakeEvent { lead, received_at: at, ..event(tenant, call, true) }
+}
+
+fn contact(phone: Option<&str>, email: Option<&str>) -> LeadDetails {
+    LeadDetails {
+        answered: Some(true),
+        recording_url: Some("https://rec".into()),
+        customer_name: Some("Kay Caller".into()),
+        customer_phone: phone.map(str::to_owned),
+        customer_email: email.map(str::to_owned),
+        ..LeadDetails::default()
+    }
+}
+
+fn analysis_with(caller: CallerDetails) -> Analysis {
+    Analysis {
+        schema_version: ANALYSIS_SCHEMA_VERSION,
+        analyzer: "rules/1".into(),
+        fallback_reason: None,
+        findings: Findings {
+            intent: Intent::NewLead,
+            project_type: ProjectType::Kitchen,
+            lead_score: 70,
+            score_reasons: vec!["wants an estimate".into()],
+            urgency: Urgency::Soon,
+            budget: Budget::High,
+            sentiment: Sentiment::Positive,
+            spam_likelihood: 1,
+            summary: "A kitchen project.".into(),
+            caller,
+        },
+        usage: Usage { prompt_tokens: 0, output_tokens: 0, cost_usd: 0.0 },
+        redactions: 0,
+    }
+}
+
+/// Store `analysis` for a call the way on-transcript does: a finished stage that moves it to `analysed`, optionally
+/// recording where its recording is.
+async fn store_analysis(store: &Arc<dyn StateStore>, t: &str, c: &str, analysis: Analysis, recording: Option<&str>) {
+    let Claim::Claimed(claim) =
+        store.claim_stage(&tenant(t), &call_id(c), "analyse:1", Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    let done = Completion {
+        transition: Some(Transition {
+            to: CallState::Analysed,
+            reason: None,
+            recording_object: recording.map(str::to_owned),
+        }),
+        analysis: Some(analysis),
+        ..Completion::default()
+    };
+    assert!(store.finish_stage(&claim, done).await.unwrap());
+}
+
+fn ids(calls: &[callflow::domain::CallRecord]) -> Vec<&str> {
+    calls.iter().map(|c| c.call_id.as_str()).collect()
+}
+
+/// Every page of a scan, following `after` until a page comes back empty; checks each page's size and tenant.
+async fn scan_all(store: &Arc<dyn StateStore>, t: &str, scan: CallScan) -> Vec<String> {
+    let mut scan = CallScan { limit: 2, ..scan };
+    let mut out = Vec::new();
+    for _ in 0..50 {
+        let page = store.scan_calls(&tenant(t), &scan).await.unwrap();
+        assert!(page.len() <= 2, "{} calls in a page of 2", page.len());
+        assert!(page.iter().all(|c| c.tenant_id.as_str() == t), "another tenant's call in {t}'s scan");
+        let Some(last) = page.last() else { return out };
+        scan.after = Some(last.call_id.clone());
+        out.extend(page.iter().map(|c| c.call_id.to_string()));
+    }
+    panic!("the scan never ended: {out:?}")
+}
+
+/// Cleanup scans select by state, creation and last change, a page at a time in call-id order, within one tenant.
+async fn cleanup_scans_are_paged_and_tenant_scoped(store: Arc<dyn StateStore>) {
+    let old = days_ago(40);
+    for c in ["CALs01", "CALs05", "CALs06", "CALs07", "CALs08", "CALs09", "CALs04"] {
+        store.record_intake(event_with("acme", c, contact(None, None), old)).await.unwrap();
+    }
+    // Skipped (no recording), old.
+    store.record_intake(IntakeEvent { received_at: old, ..event("acme", "CALs02", false) }).await.unwrap();
+    // Received recently.
+    store.record_intake(event_with("acme", "CALs03", contact(None, None), days_ago(2))).await.unwrap();
+    // Old, but changed yesterday.
+    let modified = IntakeEvent {
+        dedupe_key: "call_modified:1".into(),
+        ..event_with("acme", "CALs04", contact(None, None), days_ago(1))
+    };
+    store.record_intake(modified).await.unwrap();
+    let changed = store.call(&tenant("acme"), &call_id("CALs04")).await.unwrap().unwrap();
+    assert!(changed.created_at == old && changed.updated_at > days_ago(2), "{changed:?}");
+    // Another tenant's old calls, with the same ids and others.
+    for c in ["CALs01", "CALs00", "CALs99"] {
+        store.record_intake(event_with("bayside", c, contact(None, None), old)).await.unwrap();
+    }
+
+    let month = days_ago(30);
+    let stuck = CallScan { states: vec![CallState::Received], updated_before: Some(month), ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", stuck).await, ["CALs01", "CALs05", "CALs06", "CALs07", "CALs08", "CALs09"]);
+    let retention = CallScan { created_before: Some(month), ..CallScan::default() };
+    assert_eq!(
+        scan_all(&store, "acme", retention.clone()).await,
+        ["CALs01", "CALs02", "CALs04", "CALs05", "CALs06", "CALs07", "CALs08", "CALs09"]
+    );
+    let skipped = CallScan { states: vec![CallState::Skipped, CallState::Spam], ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", skipped).await, ["CALs02"]);
+    let recent =
+        CallScan { created_before: Some(days_ago(1)), updated_before: Some(days_ago(3)), ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", recent).await.len(), 7, "CALs03 is too new, CALs04 changed since");
+    assert_eq!(scan_all(&store, "acme", CallScan::default()).await.len(), 9);
+    assert_eq!(scan_all(&store, "bayside", retention.clone()).await, ["CALs00", "CALs01", "CALs99"]);
+    assert!(scan_all(&store, "globex", retention.clone()).await.is_empty());
+
+    // One page with a larger limit, resumed from a cursor in the middle.
+    let page = store
+        .scan_calls(&tenant("acme"), &CallScan { after: Some(call_id("CALs05")), limit: 3, ..retention.clone() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["CALs06", "CALs07", "CALs08"]);
+    assert_eq!(page[0].created_at, old);
+    let none = CallScan { limit: 0, ..retention };
+    assert!(store.scan_calls(&tenant("acme"), &none).await.unwrap().is_empty(), "limit 0");
+}
+
+/// An erasure request names a phone or an email: the calls it finds are the tenant's whose lead had that phone
+/// (in any format) or email (any case), or whose analysis heard that email.
+async fn calls_are_found_by_contact(store: Arc<dyn StateStore>) {
+    let at = days_ago(1);
+    let lead = contact(Some("(503) 555-0148"), Some("Kay@Example.com"));
+    store.record_intake(event_with("acme", "CALc1", lead, at)).await.unwrap();
+    store.record_intake(event_with("acme", "CALc2", contact(Some("+1 503-555-0148"), None), at)).await.unwrap();
+    store.record_intake(event_with("acme", "CALc3", contact(Some("971 555 0100"), None), at)).await.unwrap();
+    store.record_intake(event_with("acme", "CALc5", contact(None, None), at)).await.unwrap();
+    store
+        .record_intake(event_with("bayside", "CALc4", contact(Some("503.555.0148"), Some("kay@example.com")), at))
+        .await
+        .unwrap();
+    // The analysis heard an email: it makes a call without one findable, but does not replace the lead's.
+    let heard = |email: &str| analysis_with(CallerDetails { email: Some(email.into()), ..Default::default() });
+    store_analysis(&store, "acme", "CALc3", heard(" Spoken@Example.COM"), None).await;
+    store_analysis(&store, "acme", "CALc1", heard("other@example.com"), None).await;
+
+    let (acme, bayside) = (tenant("acme"), tenant("bayside"));
+    let found = |t: &TenantId, phone: Option<&'static str>, email: Option<&'static str>| {
+        let (store, t) = (store.clone(), t.clone());
+        async move { ids(&store.calls_by_contact(&t, phone, email).await.unwrap()).join(",") }
+    };
+    assert_eq!(found(&acme, Some("+15035550148"), None).await, "CALc1,CALc2");
+    assert_eq!(found(&acme, Some("503-555-0148"), None).await, "CALc1,CALc2");
+    assert_eq!(found(&acme, None, Some("  KAY@example.com")).await, "CALc1");
+    assert_eq!(found(&acme, None, Some("spoken@example.com")).await, "CALc3");
+    assert_eq!(found(&acme, None, Some("other@example.com")).await, "", "the lead's email stays the key");
+    assert_eq!(found(&acme, Some("+19715550100"), Some("kay@example.com")).await, "CALc1,CALc3");
+    assert_eq!(found(&acme, Some("+15035550148"), Some("kay@example.com")).await, "CALc1,CALc2", "once each");
+    assert_eq!(found(&bayside, Some("+15035550148"), None).await, "CALc4");
+    assert_eq!(found(&bayside, None, Some("spoken@example.com")).await, "");
+    assert_eq!(found(&tenant("globex"), Some("+15035550148"), Some("kay@example.com")).await, "");
+    assert_eq!(found(&acme, Some("+15035550199"), None).await, "");
+    assert_eq!(found(&acme, None, None).await, "", "nothing named finds nothing");
+    assert_eq!(found(&acme, Some("unknown"), Some(" ")).await, "");
+
+    // A later event with the whole lead again keeps the keys; a new email becomes the key.
+    let later = IntakeEvent {
+        dedupe_key: "call_modified:1".into(),
+        ..event_with("acme", "CALc2", contact(None, Some("NEW@example.com")), days_ago(0))
+    };
+    store.record_intake(later).await.unwrap();
+    assert_eq!(found(&acme, None, Some("new@example.com")).await, "CALc2");
+    assert_eq!(found(&acme, Some("+15035550148"), None).await, "CALc1,CALc2");
+}
+
+/// An erasure blanks the call's personal data in one transaction and logs what it removed; the call is no longer
+/// found by its contact details. Another tenant's call with the same id and phone is untouched.
+async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
+    let at = days_ago(3);
+    let lead =
+        LeadDetails { customer_zip: Some("97201".into()), ..contact(Some("(503) 555-0148"), Some("kay@example.com")) };
+    store.record_intake(event_with("acme", "CALe1", lead.clone(), at)).await.unwrap();
+    store.record_intake(event_with("acme", "CALe2", contact(None, None), at)).await.unwrap();
+    store.record_intake(event_with("bayside", "CALe1", lead.clone(), at)).await.unwrap();
+    let caller = CallerDetails {
+        name: Some("Kay".into()),
+        email: Some("spoken@example.com".into()),
+        zip: Some("97201".into()),
+        callback_time: Some("after 5pm".into()),
+    };
+    store_analysis(&store, "acme", "CALe1", analysis_with(caller.clone()), Some("recordings/acme/CALe1.mp3")).await;
+    store_analysis(&store, "acme", "CALe2", analysis_with(caller.clone()), None).await;
+    store_analysis(&store, "bayside", "CALe1", analysis_with(caller.clone()), Some("recordings/bayside/CALe1.mp3"))
+        .await;
+    let (acme, bayside, e1) = (tenant("acme"), tenant("bayside"), call_id("CALe1"));
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap()), ["CALe2"]);
+    assert_eq!(
+        store.call(&acme, &e1).await.unwrap().unwrap().recording_object.as_deref(),
+        Some("recordings/acme/CALe1.mp3")
+    );
+
+    let blank = LeadDetails { answered: Some(true), duration_secs: Some(42), ..LeadDetails::default() };
+    let record = |c: &str, request: &str, at: DateTime<Utc>| ErasureRecord {
+        tenant_id: acme.clone(),
+        call_id: call_id(c),
+        request_id: request.into(),
+        erased: vec!["recording".into(), "lead contact fields".into(), "analysis caller details".into()],
+        at,
+    };
+    let first = record("CALe1", "req-1", days_ago(1));
+    assert!(store.erase_call(blank.clone(), first.clone()).await.unwrap());
+
+    let erased = store.call(&acme, &e1).await.unwrap().unwrap();
+    assert_eq!(erased.lead, blank);
+    assert_eq!(erased.recording_object, None);
+    assert_eq!(erased.state, CallState::Analysed, "the state is kept");
+    let analysis = store.analysis(&acme, &e1).await.unwrap().unwrap();
+    assert_eq!(analysis.findings.caller, CallerDetails::default());
+    assert_eq!(analysis, analysis_with(CallerDetails::default()), "the rest of the analysis is kept");
+    for (phone, email) in [(Some("+15035550148"), None), (None, Some("kay@example.com"))] {
+        assert!(store.calls_by_contact(&acme, phone, email).await.unwrap().is_empty(), "{phone:?} {email:?}");
+    }
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap()), ["CALe2"]);
+    assert_eq!(store.erasures(&acme, 10).await.unwrap(), std::slice::from_ref(&first));
+
+    // Another tenant's call of the same id is untouched.
+    let theirs = store.call(&bayside, &e1).await.unwrap().unwrap();
+    assert_eq!((theirs.lead, theirs.recording_object.as_deref()), (lead, Some("recordings/bayside/CALe1.mp3")));
+    assert_eq!(store.analysis(&bayside, &e1).await.unwrap().unwrap().findings.caller, caller);
+    assert_eq!(ids(&store.calls_by_contact(&bayside, Some("+15035550148"), None).await.unwrap()), ["CALe1"]);
+    assert!(store.erasures(&bayside, 10).await.unwrap().is_empty());
+
+    // A later write of the erased call (a late webhook without contact details) does not bring keys back.
+    let late =
+        IntakeEvent { dedupe_key: "call_modified:9".into(), ..event_with("acme", "CALe1", blank.clone(), days_ago(0)) };
+    store.record_intake(late).await.unwrap();
+    assert!(store.calls_by_contact(&acme, Some("+15035550148"), Some("kay@example.com")).await.unwrap().is_empty());
+
+    // No such call: nothing changes, nothing is logged.
+    assert!(!store.erase_call(blank.clone(), record("CALnone", "req-2", days_ago(0))).await.unwrap());
+    let foreign = ErasureRecord { tenant_id: tenant("globex"), ..record("CALe2", "req-2", days_ago(0)) };
+    assert!(!store.erase_call(blank.clone(), foreign).await.unwrap());
+    assert_eq!(store.erasures(&acme, 10).await.unwrap().len(), 1);
+
+    // The log is newest first, and limited.
+    let second = record("CALe2", "retention:2025-01-01", days_ago(0));
+    assert!(store.erase_call(blank, second.clone()).await.unwrap());
+    assert_eq!(
+        store.analysis(&acme, &call_id("CALe2")).await.unwrap().unwrap().findings.caller,
+        CallerDetails::default()
+    );
+    assert!(store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap().is_empty());
+    assert_eq!(store.erasures(&acme, 10).await.unwrap(), [second.clone(), first]);
+    assert_eq!(store.erasures(&acme, 1).await.unwrap(), [second]);
+}
+
+/// A job's cursor is kept per tenant and job, replaced by the next, and cleared with `None`.
+async fn job_cursors_are_per_tenant_and_job(store: Arc<dyn StateStore>) {
+    let (acme, bayside) = (tenant("acme"), tenant("bayside"));
+    assert_eq!(store.job_cursor(&acme, "retention").await.unwrap(), None);
+    store.set_job_cursor(&acme, "retention", Some("CAL5")).await.unwrap();
+    store.set_job_cursor(&bayside, "retention", Some("CAL1")).await.unwrap();
+    store.set_job_cursor(&acme, "stuck", Some("CAL7")).await.unwrap();
+    assert_eq!(store.job_cursor(&acme, "retention").await.unwrap().as_deref(), Some("CAL5"));
+    assert_eq!(store.job_cursor(&bayside, "retention").await.unwrap().as_deref(), Some("CAL1"));
+    assert_eq!(store.job_cursor(&acme, "stuck").await.unwrap().as_deref(), Some("CAL7"));
+    assert_eq!(store.job_cursor(&bayside, "stuck").await.unwrap(), None);
+    store.set_job_cursor(&acme, "retention", Some("CAL9")).await.unwrap();
+    assert_eq!(store.job_cursor(&acme, "retention").await.unwrap().as_deref(), Some("CAL9"));
+    store.set_job_cursor(&acme, "retention", None).await.unwrap();
+    assert_eq!(store.job_cursor(&acme, "retention").await.unwrap(), None);
+    store.set_job_cursor(&acme, "retention", None).await.unwrap();
+    assert_eq!(
+        store.job_cursor(&bayside, "retention").await.unwrap().as_deref(),
+        Some("CAL1"),
+        "other tenants keep theirs"
+    );
+    assert_eq!(store.job_cursor(&acme, "stuck").await.unwrap().as_deref(), Some("CAL7"), "other jobs keep theirs");
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStateStore::open(&dir.path().join("state.sqlite"), Durability::Full).unwrap();
@@ -550,6 +842,83 @@ async fn sqlite_an_older_state_file_gains_replayed_at() {
     // Opening it again (the column now there) is a no-op.
     let again = SqliteStateStore::open(&path, Durability::Full).unwrap();
     assert!(!again.replay_dead_letter("1", None, vec![]).await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_cleanup_scans_are_paged_and_tenant_scoped() {
+    let (_d, s) = sqlite().await;
+    cleanup_scans_are_paged_and_tenant_scoped(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_calls_are_found_by_contact() {
+    let (_d, s) = sqlite().await;
+    calls_are_found_by_contact(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_erasure_blanks_the_call_and_logs_it() {
+    let (_d, s) = sqlite().await;
+    erasure_blanks_the_call_and_logs_it(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_job_cursors_are_per_tenant_and_job() {
+    let (_d, s) = sqlite().await;
+    job_cursors_are_per_tenant_and_job(s).await;
+}
+
+/// A state file from before calls had contact keys gains the columns on open, with the keys of its calls filled
+/// from their leads (and an email only the analysis heard).
+#[tokio::test]
+async fn sqlite_an_older_state_file_gains_contact_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    {
+        let conn = callflow::adapters::sqlite::open_connection(&path, Durability::Full).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE calls (
+                tenant_id TEXT NOT NULL, call_id TEXT NOT NULL, source TEXT NOT NULL, state TEXT NOT NULL,
+                state_reason TEXT, lead_json TEXT NOT NULL, recording_object TEXT, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL, PRIMARY KEY (tenant_id, call_id)) WITHOUT ROWID;
+             CREATE TABLE analyses (
+                tenant_id TEXT NOT NULL, call_id TEXT NOT NULL, analyzer TEXT NOT NULL, analysis_json TEXT NOT NULL,
+                created_at TEXT NOT NULL, PRIMARY KEY (tenant_id, call_id)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        let insert = "INSERT INTO calls VALUES (?1, ?2, 'callrail', 'analysed', NULL, ?3, NULL,
+                      '2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z')";
+        let lead = |l: LeadDetails| serde_json::to_string(&l).unwrap();
+        conn.execute(insert, ["acme", "CALold1", &lead(contact(Some("(503) 555-0148"), Some("Kay@Example.com")))])
+            .unwrap();
+        conn.execute(insert, ["acme", "CALold2", &lead(contact(None, None))]).unwrap();
+        conn.execute(insert, ["acme", "CALold3", &lead(LeadDetails::default())]).unwrap();
+        conn.execute(insert, ["bayside", "CALold1", &lead(contact(Some("503 555 0148"), None))]).unwrap();
+        let heard = analysis_with(CallerDetails { email: Some("Spoken@example.com".into()), ..Default::default() });
+        conn.execute(
+            "INSERT INTO analyses VALUES ('acme', 'CALold2', 'rules/1', ?1, '2024-01-01T00:00:00.000000Z')",
+            [serde_json::to_string(&heard).unwrap()],
+        )
+        .unwrap();
+    }
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStateStore::open(&path, Durability::Full).unwrap());
+    let acme = tenant("acme");
+    assert_eq!(ids(&store.calls_by_contact(&acme, Some("+15035550148"), None).await.unwrap()), ["CALold1"]);
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("kay@example.com")).await.unwrap()), ["CALold1"]);
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap()), ["CALold2"]);
+    assert_eq!(
+        ids(&store.calls_by_contact(&tenant("bayside"), Some("+15035550148"), None).await.unwrap()),
+        ["CALold1"]
+    );
+    let old = CallScan { created_before: Some(days_ago(30)), limit: 10, ..CallScan::default() };
+    assert_eq!(ids(&store.scan_calls(&acme, &old).await.unwrap()), ["CALold1", "CALold2", "CALold3"]);
+    drop(store);
+    // Opening it again (the columns now there) is a no-op.
+    let again = SqliteStateStore::open(&path, Durability::Full).unwrap();
+    assert_eq!(
+        ids(&again.calls_by_contact(&acme, Some("+15035550148"), Some("spoken@example.com")).await.unwrap()),
+        ["CALold1", "CALold2"]
+    );
 }
 
 #[tokio::test]
@@ -663,6 +1032,86 @@ async fn spanner_retries_wait_until_due() {
     if let Some(s) = spanner().await {
         retries_wait_until_due(s).await;
     }
+}
+
+#[tokio::test]
+async fn spanner_cleanup_scans_are_paged_and_tenant_scoped() {
+    if let Some(s) = spanner().await {
+        cleanup_scans_are_paged_and_tenant_scoped(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_calls_are_found_by_contact() {
+    if let Some(s) = spanner().await {
+        calls_are_found_by_contact(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_erasure_blanks_the_call_and_logs_it() {
+    if let Some(s) = spanner().await {
+        erasure_blanks_the_call_and_logs_it(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_job_cursors_are_per_tenant_and_job() {
+    if let Some(s) = spanner().await {
+        job_cursors_are_per_tenant_and_job(s).await;
+    }
+}
+
+/// A database an older release left (migrations 1–4) with calls in it: migration 5 adds the contact keys and
+/// backfills them from the leads (and an email only the analysis heard).
+#[tokio::test]
+async fn spanner_an_older_database_gains_contact_keys() {
+    let Some(fresh) = spanner_database().await else { return };
+    let instance = fresh.rsplit_once("/databases/").unwrap().0.to_owned();
+    let database = format!("{instance}/databases/o{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    callflow::adapters::spanner::migrate_to(&database, 4).await.unwrap();
+    {
+        use gcloud_spanner::client::{Client, ClientConfig};
+        use gcloud_spanner::mutation::insert;
+        let host = std::env::var("SPANNER_EMULATOR_HOST").unwrap();
+        let config =
+            ClientConfig { environment: gcloud_gax::conn::Environment::Emulator(host), ..ClientConfig::default() };
+        let client = Client::new(&database, config).await.unwrap();
+        let columns = ["tenant_id", "call_id", "source", "state", "lead_json", "created_at", "updated_at"];
+        let at = time::OffsetDateTime::from_unix_timestamp(1_704_067_200).unwrap();
+        let row = |t: &str, c: &str, lead: LeadDetails| {
+            let lead = serde_json::to_string(&lead).unwrap();
+            insert("calls", &columns, &[&t, &c, &"callrail", &"analysed", &lead, &at, &at])
+        };
+        let heard = analysis_with(CallerDetails { email: Some("Spoken@example.com".into()), ..Default::default() });
+        client
+            .apply(vec![
+                row("acme", "CALold1", contact(Some("(503) 555-0148"), Some("Kay@Example.com"))),
+                row("acme", "CALold2", contact(None, None)),
+                row("acme", "CALold3", LeadDetails::default()),
+                row("bayside", "CALold1", contact(Some("503 555 0148"), None)),
+                insert(
+                    "analyses",
+                    &["tenant_id", "call_id", "analyzer", "analysis_json", "created_at"],
+                    &[&"acme", &"CALold2", &"rules/1", &serde_json::to_string(&heard).unwrap(), &at],
+                ),
+            ])
+            .await
+            .unwrap();
+        client.close().await;
+    }
+    callflow::adapters::spanner::migrate(&database).await.unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(SpannerStateStore::connect(&database).await.unwrap());
+    let acme = tenant("acme");
+    assert_eq!(ids(&store.calls_by_contact(&acme, Some("+15035550148"), None).await.unwrap()), ["CALold1"]);
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("kay@example.com")).await.unwrap()), ["CALold1"]);
+    assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap()), ["CALold2"]);
+    assert_eq!(
+        ids(&store.calls_by_contact(&tenant("bayside"), Some("+15035550148"), None).await.unwrap()),
+        ["CALold1"]
+    );
+    let old = CallScan { created_before: Some(days_ago(30)), limit: 10, ..CallScan::default() };
+    assert_eq!(ids(&store.scan_calls(&acme, &old).await.unwrap()), ["CALold1", "CALold2", "CALold3"]);
 }
 
 /// Group commit: a write that fails rolls back alone; the writes batched with it commit.

@@ -27,8 +27,11 @@ use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
-use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{Claim, DeadLetter, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim, StateStore};
+use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
+use crate::ports::{
+    CallScan, Claim, DeadLetter, ErasureRecord, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim,
+    StateStore,
+};
 
 /// The schema files, in the order they are applied. A new file is a new migration; applied ones never change.
 pub const MIGRATIONS: &[(i64, &str)] = &[
@@ -36,7 +39,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../schemas/spanner/0002_stage_runs.sql")),
     (3, include_str!("../../schemas/spanner/0003_analyses.sql")),
     (4, include_str!("../../schemas/spanner/0004_deliveries_breakers_replays.sql")),
+    (5, include_str!("../../schemas/spanner/0005_contact_keys_erasures_job_cursors.sql")),
 ];
+
+/// The migration that added the calls' contact keys: applying it to a database with calls backfills them.
+const CONTACT_KEYS_MIGRATION: i64 = 5;
 
 const CALL_COLUMNS: [&str; 9] = [
     "tenant_id",
@@ -67,6 +74,13 @@ pub fn statements(ddl: &str) -> Vec<String> {
 /// Create the database with the whole schema if it does not exist, else apply the migrations it lacks.
 /// `database` is `projects/P/instances/I/databases/D`.
 pub async fn migrate(database: &str) -> anyhow::Result<()> {
+    migrate_to(database, i64::MAX).await
+}
+
+/// `migrate`, up to and including migration `last` (tests use it to make a database as an older release left it).
+/// Applying migration 5 to a database that has calls fills their contact keys (DDL cannot).
+pub async fn migrate_to(database: &str, last: i64) -> anyhow::Result<()> {
+    let migrations: Vec<(i64, &str)> = MIGRATIONS.iter().copied().filter(|(v, _)| *v <= last).collect();
     use gcloud_googleapis::spanner::admin::database::v1::{
         CreateDatabaseRequest, GetDatabaseRequest, UpdateDatabaseDdlRequest,
     };
@@ -84,7 +98,7 @@ pub async fn migrate(database: &str) -> anyhow::Result<()> {
     let exists = admin.database().get_database(GetDatabaseRequest { name: database.to_owned() }, None).await;
     match exists {
         Err(status) if status.code() == Code::NotFound => {
-            let mut extra: Vec<String> = MIGRATIONS.iter().flat_map(|(_, ddl)| statements(ddl)).collect();
+            let mut extra: Vec<String> = migrations.iter().flat_map(|(_, ddl)| statements(ddl)).collect();
             extra.retain(|s| !s.is_empty());
             let req = CreateDatabaseRequest {
                 parent: parent.to_owned(),
@@ -94,7 +108,7 @@ pub async fn migrate(database: &str) -> anyhow::Result<()> {
             };
             admin.database().create_database(req, None).await?.wait(None).await?;
             let client = StoreClient::connect(database).await?;
-            let versions: Vec<i64> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+            let versions: Vec<i64> = migrations.iter().map(|(v, _)| *v).collect();
             client.record_migrations(&versions).await?;
             Ok(())
         }
@@ -102,7 +116,7 @@ pub async fn migrate(database: &str) -> anyhow::Result<()> {
         Ok(_) => {
             let client = StoreClient::connect(database).await?;
             let applied = client.applied_migrations().await?;
-            for (version, ddl) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
+            for (version, ddl) in migrations.iter().filter(|(v, _)| !applied.contains(v)) {
                 let req = UpdateDatabaseDdlRequest {
                     database: database.to_owned(),
                     statements: statements(ddl),
@@ -110,6 +124,12 @@ pub async fn migrate(database: &str) -> anyhow::Result<()> {
                 };
                 admin.database().update_database_ddl(req, None).await?.wait(None).await?;
                 client.record_migrations(&[*version]).await?;
+                if *version == CONTACT_KEYS_MIGRATION {
+                    // Recorded first: the DDL cannot run twice. A backfill cut short leaves the rest of the calls
+                    // without keys until their next write.
+                    let filled = SpannerStateStore { client: client.0.clone() }.backfill_contact_keys().await?;
+                    tracing::info!(filled, "contact keys backfilled");
+                }
             }
             Ok(())
         }
@@ -204,23 +224,56 @@ async fn read_call(
     row.as_ref().map(call_from_row).transpose()
 }
 
+/// Write the call row with the lead's contact keys. A key the lead does not give keeps its stored value (an email
+/// the analysis heard; a phone that no longer parses): only an erasure clears keys (`write_call_clearing_keys`).
 fn write_call(c: &CallRecord) -> Result<gcloud_googleapis::spanner::v1::Mutation, SpannerError> {
+    call_mutation(c, false)
+}
+
+fn write_call_clearing_keys(c: &CallRecord) -> Result<gcloud_googleapis::spanner::v1::Mutation, SpannerError> {
+    call_mutation(c, true)
+}
+
+fn call_mutation(c: &CallRecord, clear_keys: bool) -> Result<gcloud_googleapis::spanner::v1::Mutation, SpannerError> {
+    use gcloud_spanner::statement::ToKind;
     let lead = serde_json::to_string(&c.lead).map_err(|e| bad(e.to_string()))?;
-    Ok(insert_or_update(
-        "calls",
-        &CALL_COLUMNS,
-        &[
-            &c.tenant_id.as_str(),
-            &c.call_id.as_str(),
-            &c.source.as_str(),
-            &c.state.as_str(),
-            &c.state_reason,
-            &lead,
-            &c.recording_object,
-            &ts(c.created_at),
-            &ts(c.updated_at),
-        ],
-    ))
+    let (tenant, call, source, state) = (c.tenant_id.as_str(), c.call_id.as_str(), c.source.as_str(), c.state.as_str());
+    let (created, updated) = (ts(c.created_at), ts(c.updated_at));
+    let mut columns: Vec<&str> = CALL_COLUMNS.to_vec();
+    let mut values: Vec<&dyn ToKind> =
+        vec![&tenant, &call, &source, &state, &c.state_reason, &lead, &c.recording_object, &created, &updated];
+    let (phone_key, email_key) = if clear_keys { (None, None) } else { c.lead.contact_keys() };
+    // Omitted columns keep their stored value (and are NULL on a new row).
+    if clear_keys || phone_key.is_some() {
+        columns.push("phone_key");
+        values.push(&phone_key);
+    }
+    if clear_keys || email_key.is_some() {
+        columns.push("email_key");
+        values.push(&email_key);
+    }
+    Ok(insert_or_update("calls", &columns, &values))
+}
+
+/// `column = @value` (never NULL) may use a null-filtered index; the emulator cannot tell, and asks for this hint
+/// (Cloud Spanner ignores it).
+const NULL_FILTERED_OK: &str = "spanner_emulator.disable_query_null_filtered_index_check=true";
+
+/// The contact keys of a phone and an email as given (an erasure request's), normalised like a lead's.
+fn contact_keys(phone: Option<&str>, email: Option<&str>) -> (Option<String>, Option<String>) {
+    let lead = LeadDetails {
+        customer_phone: phone.map(str::to_owned),
+        customer_email: email.map(str::to_owned),
+        ..LeadDetails::default()
+    };
+    let (key, email) = lead.contact_keys();
+    // A phone that is no number we know stays as given (trimmed): it can still match nothing, but not everything.
+    (key.or_else(|| phone.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())), email)
+}
+
+/// The email the caller spoke, as a contact key (what an analysis's caller details hold).
+fn heard_email(analysis: &Analysis) -> Option<String> {
+    contact_keys(None, analysis.findings.caller.email.as_deref()).1
 }
 
 fn new_id() -> i64 {
@@ -262,6 +315,18 @@ async fn completion_mutations(
             &["tenant_id", "call_id", "analyzer", "analysis_json", "created_at"],
             &[&tenant, &call, &analysis.analyzer, &json, &ts(now)],
         ));
+        if let Some(email) = heard_email(analysis) {
+            // A spoken email makes the call findable by it, unless the call has an email key (or its lead gives
+            // one, which a write of the call above stores).
+            let key = Key::composite(&[&tenant, &call]);
+            if let Some(row) = tx.read_row("calls", &["lead_json", "email_key"], key).await? {
+                let lead: String = row.column_by_name("lead_json")?;
+                let lead: LeadDetails = serde_json::from_str(&lead).map_err(|e| bad(e.to_string()))?;
+                if row.column_by_name::<Option<String>>("email_key")?.is_none() && lead.contact_keys().1.is_none() {
+                    m.push(update("calls", &["tenant_id", "call_id", "email_key"], &[&tenant, &call, &email]));
+                }
+            }
+        }
     }
     if let Some(d) = &completion.delivery {
         m.push(insert_or_update(
@@ -335,6 +400,97 @@ impl SpannerStateStore {
         Ok(Self { client: StoreClient::connect(database).await?.0 })
     }
 
+    /// Fill the contact keys of calls written before migration 5: from the lead, else (the email) from the
+    /// analysis. Walks the calls without keys once, fixing a page per read-write transaction that re-reads each
+    /// row (a call written meanwhile keeps what its write stored). Returns how many calls gained keys.
+    async fn backfill_contact_keys(&self) -> anyhow::Result<usize> {
+        let mut filled = 0;
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let mut sql =
+                String::from("SELECT tenant_id, call_id FROM calls WHERE phone_key IS NULL AND email_key IS NULL");
+            if after.is_some() {
+                sql.push_str(" AND (tenant_id > @t OR (tenant_id = @t AND call_id > @c))");
+            }
+            sql.push_str(" ORDER BY tenant_id, call_id LIMIT 200");
+            let mut stmt = Statement::new(sql);
+            if let Some((t, c)) = &after {
+                stmt.add_param("t", t);
+                stmt.add_param("c", c);
+            }
+            let mut page = Vec::new();
+            {
+                let mut tx = self.client.single().await?;
+                let mut rows = tx.query(stmt).await?;
+                while let Some(row) = rows.next().await? {
+                    page.push((row.column_by_name::<String>("tenant_id")?, row.column_by_name::<String>("call_id")?));
+                }
+            }
+            let Some(last) = page.last().cloned() else { return Ok(filled) };
+            filled += self
+                .rw(|tx| {
+                    let page = page.clone();
+                    Box::pin(async move {
+                        let mut m = Vec::new();
+                        for (tenant, call) in &page {
+                            let key = Key::composite(&[&tenant.as_str(), &call.as_str()]);
+                            let Some(row) = tx.read_row("calls", &["lead_json", "phone_key", "email_key"], key).await?
+                            else {
+                                continue;
+                            };
+                            if row.column_by_name::<Option<String>>("phone_key")?.is_some()
+                                || row.column_by_name::<Option<String>>("email_key")?.is_some()
+                            {
+                                continue;
+                            }
+                            // A row we cannot read keeps no keys (reading the call reports it); the backfill goes on.
+                            let lead: String = row.column_by_name("lead_json")?;
+                            let Ok(lead) = serde_json::from_str::<LeadDetails>(&lead) else { continue };
+                            let (phone, mut email) = lead.contact_keys();
+                            if email.is_none() {
+                                let key = Key::composite(&[&tenant.as_str(), &call.as_str()]);
+                                if let Some(a) = tx.read_row("analyses", &["analysis_json"], key).await? {
+                                    let json: String = a.column_by_name("analysis_json")?;
+                                    email = serde_json::from_str::<Analysis>(&json).ok().and_then(|a| heard_email(&a));
+                                }
+                            }
+                            if phone.is_some() || email.is_some() {
+                                m.push(update(
+                                    "calls",
+                                    &["tenant_id", "call_id", "phone_key", "email_key"],
+                                    &[tenant, call, &phone, &email],
+                                ));
+                            }
+                        }
+                        let n = m.len();
+                        tx.buffer_write(m);
+                        Ok(n)
+                    })
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            after = Some(last);
+        }
+    }
+
+    /// The calls with these keys, in call-id order, read at one timestamp.
+    async fn read_calls(
+        tx: &mut gcloud_spanner::transaction_ro::ReadOnlyTransaction,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<CallRecord>, SpannerError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Key> = keys.iter().map(|(t, c)| Key::composite(&[&t.as_str(), &c.as_str()])).collect();
+        let mut rows = tx.read("calls", &CALL_COLUMNS, keys).await?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await? {
+            out.push(call_from_row(&row)?);
+        }
+        out.sort_by(|a, b| a.call_id.as_str().cmp(b.call_id.as_str()));
+        Ok(out)
+    }
+
     /// Run a read-write transaction. The client retries ABORTED a few times; contention (and the emulator, which
     /// runs one transaction at a time and aborts the rest) can outlast that, so aborted transactions are run again
     /// here with jittered backoff until a deadline. Every closure reads what it decides on, so a rerun is safe.
@@ -366,6 +522,151 @@ impl SpannerStateStore {
 
 #[async_trait]
 impl StateStore for SpannerStateStore {
+    async fn scan_calls(&self, tenant: &TenantId, scan: &CallScan) -> PortResult<Vec<CallRecord>> {
+        // Walks the key (tenant_id, call_id) from the cursor: only the conditions given are in the statement, so the
+        // cursor is a range seek.
+        let mut sql = format!("SELECT {} FROM calls WHERE tenant_id = @tenant", CALL_COLUMNS.join(", "));
+        let states: Vec<String> = scan.states.iter().map(|s| s.as_str().to_owned()).collect();
+        for (given, condition) in [
+            (!states.is_empty(), " AND state IN UNNEST(@states)"),
+            (scan.created_before.is_some(), " AND created_at < @created_before"),
+            (scan.updated_before.is_some(), " AND updated_at < @updated_before"),
+            (scan.after.is_some(), " AND call_id > @after"),
+        ] {
+            if given {
+                sql.push_str(condition);
+            }
+        }
+        sql.push_str(" ORDER BY call_id LIMIT @limit");
+        let mut stmt = Statement::new(sql);
+        stmt.add_param("tenant", &tenant.as_str());
+        if !states.is_empty() {
+            stmt.add_param("states", &states);
+        }
+        if let Some(before) = scan.created_before {
+            stmt.add_param("created_before", &ts(before));
+        }
+        if let Some(before) = scan.updated_before {
+            stmt.add_param("updated_before", &ts(before));
+        }
+        if let Some(after) = &scan.after {
+            stmt.add_param("after", &after.as_str());
+        }
+        stmt.add_param("limit", &i64::try_from(scan.limit).unwrap_or(i64::MAX));
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+            out.push(call_from_row(&row).map_err(port_err)?);
+        }
+        Ok(out)
+    }
+
+    async fn calls_by_contact(
+        &self,
+        tenant: &TenantId,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> PortResult<Vec<CallRecord>> {
+        let (phone, email) = contact_keys(phone, email);
+        let lookups = [("calls_by_phone", "phone_key", phone), ("calls_by_email", "email_key", email)];
+        let mut tx = self.client.read_only_transaction().await.map_err(port_err)?;
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for (index, column, value) in lookups {
+            let Some(value) = value else { continue };
+            let mut stmt = Statement::new(format!(
+                "SELECT call_id FROM calls@{{FORCE_INDEX={index}, {NULL_FILTERED_OK}}}
+                 WHERE tenant_id = @tenant AND {column} = @value"
+            ));
+            stmt.add_param("tenant", &tenant.as_str());
+            stmt.add_param("value", &value);
+            let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+            while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+                let call: String = row.column_by_name("call_id").map_err(|e| port_err(e.into()))?;
+                keys.push((tenant.as_str().to_owned(), call));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Self::read_calls(&mut tx, keys).await.map_err(port_err)
+    }
+
+    async fn erase_call(&self, lead: LeadDetails, record: ErasureRecord) -> PortResult<bool> {
+        self.rw(|tx| {
+            let (lead, record) = (lead.clone(), record.clone());
+            Box::pin(async move {
+                let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
+                let Some(mut stored) = read_call(tx, tenant, call).await? else { return Ok(false) };
+                stored.lead = lead;
+                stored.recording_object = None;
+                stored.updated_at = record.at;
+                let mut m = vec![write_call_clearing_keys(&stored)?];
+                let key = Key::composite(&[&tenant, &call]);
+                if let Some(row) = tx.read_row("analyses", &["analysis_json"], key).await? {
+                    let json: String = row.column_by_name("analysis_json")?;
+                    let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+                    analysis.findings.caller = Default::default();
+                    let json = serde_json::to_string(&analysis).map_err(|e| bad(e.to_string()))?;
+                    m.push(update("analyses", &["tenant_id", "call_id", "analysis_json"], &[&tenant, &call, &json]));
+                }
+                m.push(insert_or_update(
+                    "erasures",
+                    &["tenant_id", "call_id", "request_id", "erased", "erased_at"],
+                    &[&tenant, &call, &record.request_id, &record.erased, &ts(record.at)],
+                ));
+                tx.buffer_write(m);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn erasures(&self, tenant: &TenantId, limit: usize) -> PortResult<Vec<ErasureRecord>> {
+        let mut stmt = Statement::new(
+            "SELECT call_id, request_id, erased, erased_at FROM erasures@{FORCE_INDEX=erasures_by_time}
+             WHERE tenant_id = @tenant ORDER BY erased_at DESC, call_id DESC, request_id DESC LIMIT @limit",
+        );
+        stmt.add_param("tenant", &tenant.as_str());
+        stmt.add_param("limit", &i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+            let read = || -> Result<ErasureRecord, SpannerError> {
+                let call: String = row.column_by_name("call_id")?;
+                Ok(ErasureRecord {
+                    tenant_id: tenant.clone(),
+                    call_id: CallId::parse(&call).map_err(|e| bad(e.to_string()))?,
+                    request_id: row.column_by_name("request_id")?,
+                    erased: row.column_by_name("erased")?,
+                    at: from_ts(row.column_by_name("erased_at")?),
+                })
+            };
+            out.push(read().map_err(port_err)?);
+        }
+        Ok(out)
+    }
+
+    async fn job_cursor(&self, tenant: &TenantId, job: &str) -> PortResult<Option<String>> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let key = Key::composite(&[&tenant.as_str(), &job]);
+        let row = tx.read_row("job_cursors", &["cursor"], key).await.map_err(|e| port_err(e.into()))?;
+        row.map(|r| r.column_by_name::<String>("cursor")).transpose().map_err(|e| port_err(e.into()))
+    }
+
+    async fn set_job_cursor(&self, tenant: &TenantId, job: &str, cursor: Option<&str>) -> PortResult<()> {
+        let m = match cursor {
+            Some(cursor) => insert_or_update(
+                "job_cursors",
+                &["tenant_id", "job", "cursor", "updated_at"],
+                &[&tenant.as_str(), &job, &cursor, &ts(Utc::now())],
+            ),
+            None => delete("job_cursors", Key::composite(&[&tenant.as_str(), &job])),
+        };
+        self.client.apply(vec![m]).await.map_err(port_err)?;
+        Ok(())
+    }
+
     async fn delivery(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CrmDelivery>> {
         let mut tx = self.client.single().await.map_err(port_err)?;
         let key = Key::composite(&[&tenant.as_str(), &call.as_str()]);
@@ -832,6 +1133,9 @@ mod tests {
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE deliveries")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE breakers")));
         assert!(all.iter().any(|s| s.starts_with("ALTER TABLE dead_letters ADD COLUMN replayed_at")));
-        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 11);
+        assert!(all.iter().any(|s| s.starts_with("ALTER TABLE calls ADD COLUMN phone_key")));
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE erasures")));
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE job_cursors")));
+        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 13);
     }
 }

@@ -159,6 +159,16 @@ pub struct LeadDetails {
 }
 
 impl LeadDetails {
+    /// The keys a caller's contact details are found by (an erasure request names a phone or an email): the
+    /// E.164 form of `customer_phone` and the trimmed, lower-cased `customer_email`.
+    pub fn contact_keys(&self) -> (Option<String>, Option<String>) {
+        let phone = self.customer_phone.as_deref().and_then(super::crm::e164);
+        // Longer than an address can be (RFC 5321: 254): no email, and no unbounded index key.
+        let email =
+            self.customer_email.as_deref().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty() && e.len() <= 254);
+        (phone, email)
+    }
+
     /// Fold a later event's details into what we have: a field the later event carries wins, a field it lacks
     /// keeps its value. CallRail's call-modified payloads repeat the whole call, so this is also safe for them.
     pub fn merge_from(&mut self, newer: &LeadDetails) {
@@ -235,6 +245,22 @@ mod tests {
         for s in CallState::ALL {
             assert_eq!(CallState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn contact_keys_are_normalised() {
+        let lead = LeadDetails {
+            customer_phone: Some("(503) 555-0148".into()),
+            customer_email: Some("  Kay@Example.COM ".into()),
+            ..Default::default()
+        };
+        assert_eq!(lead.contact_keys(), (Some("+15035550148".into()), Some("kay@example.com".into())));
+        let blank =
+            LeadDetails { customer_phone: Some("n/a".into()), customer_email: Some(" ".into()), ..Default::default() };
+        assert_eq!(blank.contact_keys(), (None, None));
+        assert_eq!(LeadDetails::default().contact_keys(), (None, None));
+        let long = LeadDetails { customer_email: Some(format!("{}@x.com", "a".repeat(300))), ..Default::default() };
+        assert_eq!(long.contact_keys().1, None);
     }
 
     #[test]

@@ -15,8 +15,11 @@ use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
-use crate::domain::{CallId, CallRecord, CallSource, CallState, TenantId};
-use crate::ports::{Claim, DeadLetter, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim, StateStore};
+use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
+use crate::ports::{
+    CallScan, Claim, DeadLetter, ErasureRecord, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim,
+    StateStore,
+};
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS calls (
@@ -29,6 +32,10 @@ CREATE TABLE IF NOT EXISTS calls (
     recording_object TEXT,
     created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
+    -- The caller's contact keys (`LeadDetails::contact_keys`; the email may be one the analysis heard), for
+    -- erasure requests. Files from before them get them on open, backfilled.
+    phone_key        TEXT,
+    email_key        TEXT,
     PRIMARY KEY (tenant_id, call_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS intake_ledger (
@@ -109,23 +116,101 @@ CREATE TABLE IF NOT EXISTS breakers (
     probe_until          INTEGER,
     PRIMARY KEY (tenant_id, breaker_key)
 ) WITHOUT ROWID;
+-- What erasures (a caller's request, retention) removed from a call, without the personal data. Kept when the
+-- call itself goes.
+CREATE TABLE IF NOT EXISTS erasures (
+    tenant_id   TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    erased_json TEXT NOT NULL,
+    erased_at   TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, call_id, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS erasures_by_time ON erasures (tenant_id, erased_at);
+-- Where a bounded job (e.g. retention) stopped, per tenant.
+CREATE TABLE IF NOT EXISTS job_cursors (
+    tenant_id  TEXT NOT NULL,
+    job        TEXT NOT NULL,
+    cursor     TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, job)
+) WITHOUT ROWID;
+";
+
+/// Indexes on columns that older files gain on open (so they run after `add_new_columns`).
+const LATE_INDEXES: &str = r"
+CREATE INDEX IF NOT EXISTS calls_by_state ON calls (tenant_id, state, updated_at);
+CREATE INDEX IF NOT EXISTS calls_by_phone ON calls (tenant_id, phone_key) WHERE phone_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS calls_by_email ON calls (tenant_id, email_key) WHERE email_key IS NOT NULL;
 ";
 
 /// Columns added to tables after their first release: a file made by an older version gets them on open.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("dead_letters", "replayed_at", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("dead_letters", "replayed_at", "TEXT"), ("calls", "phone_key", "TEXT"), ("calls", "email_key", "TEXT")];
 
 fn add_new_columns(conn: &mut Connection) -> rusqlite::Result<()> {
     // Immediate: two processes opening one old file do not both add a column.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut contact_keys_added = false;
     for (table, column, kind) in ADDED_COLUMNS {
         let exists = tx
             .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
             .exists(params![column])?;
         if !exists {
             tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            contact_keys_added |= *table == "calls";
         }
     }
+    if contact_keys_added {
+        backfill_contact_keys(&tx)?;
+    }
+    tx.execute_batch(LATE_INDEXES)?;
     tx.commit()
+}
+
+/// Fill the contact keys of calls stored before they existed: from the lead, else (the email) from the analysis.
+/// Runs once, in the transaction that adds the columns.
+fn backfill_contact_keys(c: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(String, String, String, Option<String>)> = {
+        let mut stmt = c.prepare(
+            "SELECT c.tenant_id, c.call_id, c.lead_json, a.analysis_json FROM calls c
+             LEFT JOIN analyses a ON a.tenant_id = c.tenant_id AND a.call_id = c.call_id
+             WHERE c.phone_key IS NULL AND c.email_key IS NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut update =
+        c.prepare("UPDATE calls SET phone_key = ?1, email_key = ?2 WHERE tenant_id = ?3 AND call_id = ?4")?;
+    for (tenant, call, lead, analysis) in rows {
+        // A row we cannot read keeps no keys (reading the call reports it); the backfill goes on.
+        let Ok(lead) = serde_json::from_str::<LeadDetails>(&lead) else { continue };
+        let (phone, mut email) = lead.contact_keys();
+        if email.is_none() {
+            email = analysis.and_then(|a| serde_json::from_str::<Analysis>(&a).ok()).and_then(|a| heard_email(&a));
+        }
+        if phone.is_some() || email.is_some() {
+            update.execute(params![phone, email, tenant, call])?;
+        }
+    }
+    Ok(())
+}
+
+/// The contact keys of a phone and an email as given (an erasure request's), normalised like a lead's.
+fn contact_keys(phone: Option<&str>, email: Option<&str>) -> (Option<String>, Option<String>) {
+    let lead = LeadDetails {
+        customer_phone: phone.map(str::to_owned),
+        customer_email: email.map(str::to_owned),
+        ..LeadDetails::default()
+    };
+    let (key, email) = lead.contact_keys();
+    // A phone that is no number we know stays as given (trimmed): it can still match nothing, but not everything.
+    (key.or_else(|| phone.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())), email)
+}
+
+/// The email the caller spoke, as a contact key (what an analysis's caller details hold).
+fn heard_email(analysis: &Analysis) -> Option<String> {
+    contact_keys(None, analysis.findings.caller.email.as_deref()).1
 }
 
 #[derive(Clone)]
@@ -154,39 +239,47 @@ fn bad_data(msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, msg.into())
 }
 
-fn read_call(conn: &Connection, tenant: &str, call: &str) -> rusqlite::Result<Option<CallRecord>> {
-    conn.prepare_cached(
-        "SELECT source, state, state_reason, lead_json, recording_object, created_at, updated_at
-         FROM calls WHERE tenant_id = ?1 AND call_id = ?2",
-    )?
-    .query_row(params![tenant, call], |r| {
-        let source: String = r.get(0)?;
-        let state: String = r.get(1)?;
-        let lead: String = r.get(3)?;
-        Ok(CallRecord {
-            tenant_id: TenantId::parse(tenant).map_err(|e| bad_data(e.to_string()))?,
-            call_id: CallId::parse(call).map_err(|e| bad_data(e.to_string()))?,
-            source: if source == "form" { CallSource::Form } else { CallSource::Callrail },
-            state: CallState::parse(&state).ok_or_else(|| bad_data(format!("unknown state {state}")))?,
-            state_reason: r.get(2)?,
-            lead: serde_json::from_str(&lead).map_err(|e| bad_data(e.to_string()))?,
-            recording_object: r.get(4)?,
-            created_at: parse_time(&r.get::<_, String>(5)?)?,
-            updated_at: parse_time(&r.get::<_, String>(6)?)?,
-        })
+/// The columns `call_from_row` reads, in its order.
+const CALL_SELECT: &str = "SELECT source, state, state_reason, lead_json, recording_object, created_at, updated_at,
+                                  tenant_id, call_id FROM calls";
+
+fn call_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
+    let source: String = r.get(0)?;
+    let state: String = r.get(1)?;
+    let lead: String = r.get(3)?;
+    Ok(CallRecord {
+        tenant_id: TenantId::parse(&r.get::<_, String>(7)?).map_err(|e| bad_data(e.to_string()))?,
+        call_id: CallId::parse(&r.get::<_, String>(8)?).map_err(|e| bad_data(e.to_string()))?,
+        source: if source == "form" { CallSource::Form } else { CallSource::Callrail },
+        state: CallState::parse(&state).ok_or_else(|| bad_data(format!("unknown state {state}")))?,
+        state_reason: r.get(2)?,
+        lead: serde_json::from_str(&lead).map_err(|e| bad_data(e.to_string()))?,
+        recording_object: r.get(4)?,
+        created_at: parse_time(&r.get::<_, String>(5)?)?,
+        updated_at: parse_time(&r.get::<_, String>(6)?)?,
     })
-    .optional()
 }
 
+fn read_call(conn: &Connection, tenant: &str, call: &str) -> rusqlite::Result<Option<CallRecord>> {
+    conn.prepare_cached(&format!("{CALL_SELECT} WHERE tenant_id = ?1 AND call_id = ?2"))?
+        .query_row(params![tenant, call], call_from_row)
+        .optional()
+}
+
+/// Write the call row with the lead's contact keys. A key the lead does not give keeps its stored value (an email
+/// the analysis heard; a phone that no longer parses): only an erasure clears keys.
 fn write_call(conn: &Connection, c: &CallRecord) -> rusqlite::Result<()> {
     let lead = serde_json::to_string(&c.lead).map_err(|e| bad_data(e.to_string()))?;
+    let (phone_key, email_key) = c.lead.contact_keys();
     conn.prepare_cached(
         "INSERT INTO calls (tenant_id, call_id, source, state, state_reason, lead_json, recording_object,
-                            created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                            created_at, updated_at, phone_key, email_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (tenant_id, call_id) DO UPDATE SET
             state = excluded.state, state_reason = excluded.state_reason, lead_json = excluded.lead_json,
-            recording_object = excluded.recording_object, updated_at = excluded.updated_at",
+            recording_object = excluded.recording_object, updated_at = excluded.updated_at,
+            phone_key = COALESCE(excluded.phone_key, calls.phone_key),
+            email_key = COALESCE(excluded.email_key, calls.email_key)",
     )?
     .execute(params![
         c.tenant_id.as_str(),
@@ -198,6 +291,8 @@ fn write_call(conn: &Connection, c: &CallRecord) -> rusqlite::Result<()> {
         c.recording_object,
         rfc3339(c.created_at),
         rfc3339(c.updated_at),
+        phone_key,
+        email_key,
     ])?;
     Ok(())
 }
@@ -229,6 +324,13 @@ fn apply_completion(
                  analysis_json = excluded.analysis_json, created_at = excluded.created_at",
         )?
         .execute(params![tenant, call, analysis.analyzer, json, rfc3339(now)])?;
+        if let Some(email) = heard_email(analysis) {
+            // A spoken email makes the call findable by it, unless the lead already gave one.
+            c.prepare_cached(
+                "UPDATE calls SET email_key = ?1 WHERE tenant_id = ?2 AND call_id = ?3 AND email_key IS NULL",
+            )?
+            .execute(params![email, tenant, call])?;
+        }
     }
     if let Some(d) = &completion.delivery {
         c.prepare_cached(
@@ -361,6 +463,148 @@ impl SqliteStateStore {
 
 #[async_trait]
 impl StateStore for SqliteStateStore {
+    async fn scan_calls(&self, tenant: &TenantId, scan: &CallScan) -> PortResult<Vec<CallRecord>> {
+        let (tenant, scan) = (tenant.clone(), scan.clone());
+        let states = Value::from(scan.states.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string();
+        self.read(move |c| {
+            // Times are stored as fixed-width RFC 3339 (µs, `Z`), so text order is time order.
+            let mut stmt = c.prepare_cached(&format!(
+                "{CALL_SELECT} WHERE tenant_id = ?1
+                   AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
+                   AND (?3 IS NULL OR created_at < ?3) AND (?4 IS NULL OR updated_at < ?4)
+                   AND (?5 IS NULL OR call_id > ?5)
+                 ORDER BY call_id LIMIT ?6"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    tenant.as_str(),
+                    states,
+                    scan.created_before.map(rfc3339),
+                    scan.updated_before.map(rfc3339),
+                    scan.after.as_ref().map(CallId::as_str),
+                    i64::try_from(scan.limit).unwrap_or(i64::MAX),
+                ],
+                call_from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn calls_by_contact(
+        &self,
+        tenant: &TenantId,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> PortResult<Vec<CallRecord>> {
+        let (phone, email) = contact_keys(phone, email);
+        if phone.is_none() && email.is_none() {
+            return Ok(Vec::new());
+        }
+        let tenant = tenant.clone();
+        self.read(move |c| {
+            // Two index lookups (phone, email), one list: a call found by both appears once.
+            let mut stmt = c.prepare_cached(&format!(
+                "{CALL_SELECT} WHERE tenant_id = ?1 AND call_id IN (
+                     SELECT call_id FROM calls WHERE tenant_id = ?1 AND phone_key = ?2
+                     UNION SELECT call_id FROM calls WHERE tenant_id = ?1 AND email_key = ?3)
+                 ORDER BY call_id"
+            ))?;
+            let rows = stmt.query_map(params![tenant.as_str(), phone, email], call_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn erase_call(&self, lead: LeadDetails, record: ErasureRecord) -> PortResult<bool> {
+        let erased = Value::from(record.erased.clone()).to_string();
+        self.writer
+            .write(move |c| {
+                let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
+                let Some(mut stored) = read_call(c, tenant, call)? else { return Ok(false) };
+                stored.lead = lead;
+                stored.recording_object = None;
+                stored.updated_at = record.at;
+                write_call(c, &stored)?;
+                c.prepare_cached(
+                    "UPDATE calls SET phone_key = NULL, email_key = NULL WHERE tenant_id = ?1 AND call_id = ?2",
+                )?
+                .execute(params![tenant, call])?;
+                let analysis: Option<String> = c
+                    .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
+                    .query_row(params![tenant, call], |r| r.get(0))
+                    .optional()?;
+                if let Some(json) = analysis {
+                    let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad_data(e.to_string()))?;
+                    analysis.findings.caller = Default::default();
+                    let json = serde_json::to_string(&analysis).map_err(|e| bad_data(e.to_string()))?;
+                    c.prepare_cached("UPDATE analyses SET analysis_json = ?1 WHERE tenant_id = ?2 AND call_id = ?3")?
+                        .execute(params![json, tenant, call])?;
+                }
+                c.prepare_cached(
+                    "INSERT INTO erasures (tenant_id, call_id, request_id, erased_json, erased_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (tenant_id, call_id, request_id) DO UPDATE SET erased_json = excluded.erased_json,
+                         erased_at = excluded.erased_at",
+                )?
+                .execute(params![tenant, call, record.request_id, erased, rfc3339(record.at)])?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn erasures(&self, tenant: &TenantId, limit: usize) -> PortResult<Vec<ErasureRecord>> {
+        let tenant = tenant.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT call_id, request_id, erased_json, erased_at FROM erasures WHERE tenant_id = ?1
+                 ORDER BY erased_at DESC, call_id DESC, request_id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![tenant.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                let erased: String = r.get(2)?;
+                Ok(ErasureRecord {
+                    tenant_id: tenant.clone(),
+                    call_id: CallId::parse(&r.get::<_, String>(0)?).map_err(|e| bad_data(e.to_string()))?,
+                    request_id: r.get(1)?,
+                    erased: serde_json::from_str(&erased).map_err(|e| bad_data(e.to_string()))?,
+                    at: parse_time(&r.get::<_, String>(3)?)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn job_cursor(&self, tenant: &TenantId, job: &str) -> PortResult<Option<String>> {
+        let (tenant, job) = (tenant.clone(), job.to_owned());
+        self.read(move |c| {
+            c.prepare_cached("SELECT cursor FROM job_cursors WHERE tenant_id = ?1 AND job = ?2")?
+                .query_row(params![tenant.as_str(), job], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn set_job_cursor(&self, tenant: &TenantId, job: &str, cursor: Option<&str>) -> PortResult<()> {
+        let (tenant, job, cursor) = (tenant.clone(), job.to_owned(), cursor.map(str::to_owned));
+        self.writer
+            .write(move |c| {
+                match cursor {
+                    Some(cursor) => c
+                        .prepare_cached(
+                            "INSERT INTO job_cursors (tenant_id, job, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (tenant_id, job) DO UPDATE SET cursor = excluded.cursor,
+                                 updated_at = excluded.updated_at",
+                        )?
+                        .execute(params![tenant.as_str(), job, cursor, rfc3339(Utc::now())])?,
+                    None => c
+                        .prepare_cached("DELETE FROM job_cursors WHERE tenant_id = ?1 AND job = ?2")?
+                        .execute(params![tenant.as_str(), job])?,
+                };
+                Ok(())
+            })
+            .await
+    }
+
     async fn delivery(&self, tenant: &TenantId, call: &CallId) -> PortResult<Option<CrmDelivery>> {
         let (tenant, call) = (tenant.clone(), call.clone());
         self.read(move |c| {
