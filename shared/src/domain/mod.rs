@@ -13,6 +13,7 @@ pub mod ids;
 pub mod intake;
 pub mod pii;
 pub mod redact;
+pub mod retention;
 pub mod rules;
 pub mod signature;
 pub mod stage_object;

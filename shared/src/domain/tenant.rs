@@ -133,6 +133,9 @@ pub struct Tenant {
     pub forms: Option<FormSettings>,
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Retention per kind of data (recordings, transcripts, personal fields); `retention_days` where absent.
+    #[serde(default)]
+    pub retention: super::retention::RetentionSettings,
     /// How recordings are transcribed (on-audio-uploaded); defaults when absent.
     #[serde(default)]
     pub transcription: TranscriptionSettings,

@@ -1,0 +1,271 @@
+//! What cleanup removes and when: a lead without its personal data, the per-tenant retention of recordings,
+//! transcripts and personal fields, and when a call that stopped moving is re-driven or given up. Pure: no I/O;
+//! the caller brings the time.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::call::{CallRecord, CallSource, CallState, LeadDetails};
+
+/// `[tenant.retention]`: how long each kind of data is kept, in days from the call. Absent fields take the
+/// tenant's `retention_days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    #[serde(default)]
+    pub recordings_days: Option<u32>,
+    #[serde(default)]
+    pub transcripts_days: Option<u32>,
+    /// The caller's name, phone, email, address fields, free text and links that may carry them.
+    #[serde(default)]
+    pub pii_days: Option<u32>,
+}
+
+/// The retention in force for one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub recordings: u32,
+    pub transcripts: u32,
+    pub pii: u32,
+}
+
+impl RetentionSettings {
+    pub fn resolve(&self, retention_days: u32) -> Retention {
+        Retention {
+            recordings: self.recordings_days.unwrap_or(retention_days),
+            transcripts: self.transcripts_days.unwrap_or(retention_days),
+            pii: self.pii_days.unwrap_or(retention_days),
+        }
+    }
+}
+
+/// Whether data of a call made at `created` is past `days` at `now`: on the boundary day itself (exactly `days`
+/// days later) it is.
+pub fn expired(created: DateTime<Utc>, now: DateTime<Utc>, days: u32) -> bool {
+    now - created >= chrono::Duration::days(i64::from(days))
+}
+
+/// What retention removes from one call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Due {
+    pub recording: bool,
+    pub transcript: bool,
+    pub pii: bool,
+}
+
+impl Due {
+    pub fn any(&self) -> bool {
+        self.recording || self.transcript || self.pii
+    }
+}
+
+impl Retention {
+    /// The earliest `created_at` that is not yet due for anything: calls created before it need a look.
+    pub fn oldest_kept(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let days = self.recordings.min(self.transcripts).min(self.pii);
+        now - chrono::Duration::days(i64::from(days))
+    }
+
+    pub fn due(&self, call: &CallRecord, now: DateTime<Utc>) -> Due {
+        Due {
+            recording: call.source == CallSource::Callrail && expired(call.created_at, now, self.recordings),
+            transcript: expired(call.created_at, now, self.transcripts),
+            pii: expired(call.created_at, now, self.pii),
+        }
+    }
+}
+
+/// The lead without the caller's personal data, and the names of the fields that held some (for the erasure log,
+/// which records what was erased, never the values). Kept: what the call was (answered, voicemail, direction,
+/// type, duration, time), the business's own tracking number, and marketing attribution without click ids;
+/// links keep their path but lose their query (which can carry an email or a phone).
+pub fn scrub(lead: &LeadDetails) -> (LeadDetails, Vec<&'static str>) {
+    let mut out = lead.clone();
+    let mut erased = vec![];
+    macro_rules! blank {
+        ($($field:ident),*) => {$(
+            if out.$field.take().is_some() {
+                erased.push(stringify!($field));
+            }
+        )*};
+    }
+    blank!(
+        customer_name,
+        customer_phone,
+        customer_email,
+        customer_city,
+        customer_zip,
+        recording_url,
+        transcription,
+        message,
+        gclid
+    );
+    for (field, value) in [("landing_page_url", &mut out.landing_page_url), ("referring_url", &mut out.referring_url)] {
+        if let Some(url) = value.as_mut()
+            && let Some(at) = url.find(['?', '#'])
+        {
+            url.truncate(at);
+            erased.push(field);
+        }
+    }
+    (out, erased)
+}
+
+/// How long a call may sit in a state that is not final before the event that should move it is sent again, and
+/// how often that is tried before the call is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StuckPolicy {
+    /// `received` with a recording to fetch (the fetch retries for about half an hour on its own).
+    pub received: Duration,
+    /// `recording_stored` (transcription; long calls on the offline engine take minutes).
+    pub recording_stored: Duration,
+    /// `transcribed` (analysis).
+    pub transcribed: Duration,
+    /// `analysed` (delivery: a CRM retry chain may legitimately run for its whole maximum age).
+    pub analysed: Duration,
+    pub max_redrives: u32,
+}
+
+impl Default for StuckPolicy {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            received: minutes(60),
+            recording_stored: minutes(60),
+            transcribed: minutes(30),
+            analysed: minutes(25 * 60),
+            max_redrives: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stuck {
+    /// Moving, or waiting as it should.
+    No,
+    /// Send the event that should have moved it again (the stages are idempotent).
+    Redrive,
+    /// Re-driven `max_redrives` times and still stuck: dead-letter it with this reason.
+    GiveUp(String),
+}
+
+impl StuckPolicy {
+    pub fn limit(&self, state: CallState) -> Option<Duration> {
+        match state {
+            CallState::Received => Some(self.received),
+            CallState::RecordingStored => Some(self.recording_stored),
+            CallState::Transcribed => Some(self.transcribed),
+            CallState::Analysed => Some(self.analysed),
+            _ => None,
+        }
+    }
+
+    /// Whether `call`, re-driven `redrives` times already, is stuck at `now`.
+    pub fn check(&self, call: &CallRecord, now: DateTime<Utc>, redrives: u32) -> Stuck {
+        let Some(limit) = self.limit(call.state) else { return Stuck::No };
+        let waiting = (now - call.updated_at).to_std().unwrap_or_default();
+        if waiting < limit {
+            return Stuck::No;
+        }
+        if redrives >= self.max_redrives {
+            let hours = waiting.as_secs() / 3600;
+            return Stuck::GiveUp(format!("stuck in {} for {hours} h after {redrives} re-drives", call.state.as_str()));
+        }
+        Stuck::Redrive
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CallId, TenantId};
+
+    fn call(state: CallState, created: DateTime<Utc>, updated: DateTime<Utc>) -> CallRecord {
+        CallRecord {
+            tenant_id: TenantId::parse("acme").unwrap(),
+            call_id: CallId::parse("CAL1").unwrap(),
+            source: CallSource::Callrail,
+            state,
+            state_reason: None,
+            lead: LeadDetails::default(),
+            recording_object: None,
+            created_at: created,
+            updated_at: updated,
+        }
+    }
+
+    #[test]
+    fn retention_is_due_on_the_boundary_day_not_before() {
+        let t0 = DateTime::UNIX_EPOCH;
+        let r =
+            RetentionSettings { recordings_days: Some(30), transcripts_days: None, pii_days: Some(90) }.resolve(365);
+        assert_eq!(r, Retention { recordings: 30, transcripts: 365, pii: 90 });
+        let c = call(CallState::Delivered, t0, t0);
+        let day = |d: i64| t0 + chrono::Duration::days(d);
+        assert_eq!(r.due(&c, day(30) - chrono::Duration::seconds(1)), Due::default());
+        assert_eq!(r.due(&c, day(30)), Due { recording: true, transcript: false, pii: false });
+        assert_eq!(r.due(&c, day(90)), Due { recording: true, transcript: false, pii: true });
+        assert!(r.due(&c, day(365)).transcript);
+        assert_eq!(r.oldest_kept(day(100)), day(70));
+        let form = CallRecord { source: CallSource::Form, ..c };
+        assert!(!r.due(&form, day(40)).recording, "a form has no recording");
+    }
+
+    #[test]
+    fn scrubbing_removes_the_callers_data_and_says_which_fields_held_some() {
+        let lead = LeadDetails {
+            answered: Some(true),
+            duration_secs: Some(120),
+            customer_name: Some("Dana Whitfield".into()),
+            customer_phone: Some("+15035550148".into()),
+            customer_email: Some("dana@example.com".into()),
+            customer_state: Some("OR".into()),
+            message: Some("call me at 503 555 0148".into()),
+            utm_source: Some("google".into()),
+            gclid: Some("Cj0KCQ".into()),
+            landing_page_url: Some("https://acme.example/kitchens?email=dana%40example.com".into()),
+            referring_url: Some("https://www.google.com/".into()),
+            ..LeadDetails::default()
+        };
+        let (clean, erased) = scrub(&lead);
+        assert_eq!(
+            erased,
+            ["customer_name", "customer_phone", "customer_email", "message", "gclid", "landing_page_url"]
+        );
+        assert_eq!(clean.customer_name, None);
+        assert_eq!(clean.customer_phone, None);
+        assert_eq!(clean.landing_page_url.as_deref(), Some("https://acme.example/kitchens"));
+        assert_eq!(clean.referring_url.as_deref(), Some("https://www.google.com/"));
+        assert_eq!(
+            (clean.answered, clean.duration_secs, clean.customer_state.as_deref()),
+            (Some(true), Some(120), Some("OR"))
+        );
+        assert_eq!(clean.utm_source.as_deref(), Some("google"));
+        let json = serde_json::to_string(&clean).unwrap();
+        assert!(!json.contains("5550148") && !json.contains("dana"), "{json}");
+        assert_eq!(scrub(&clean).1, Vec::<&str>::new(), "scrubbing twice erases nothing more");
+    }
+
+    #[test]
+    fn stuck_calls_are_redriven_then_given_up() {
+        let t0 = DateTime::UNIX_EPOCH;
+        let p = StuckPolicy::default();
+        let c = call(CallState::Transcribed, t0, t0);
+        assert_eq!(p.check(&c, t0 + chrono::Duration::minutes(29), 0), Stuck::No);
+        assert_eq!(p.check(&c, t0 + chrono::Duration::minutes(30), 0), Stuck::Redrive);
+        assert_eq!(p.check(&c, t0 + chrono::Duration::minutes(30), 2), Stuck::Redrive);
+        assert!(
+            matches!(p.check(&c, t0 + chrono::Duration::hours(5), 3), Stuck::GiveUp(r) if r.contains("transcribed for 5 h"))
+        );
+        let waiting_for_crm = call(CallState::Analysed, t0, t0);
+        assert_eq!(
+            p.check(&waiting_for_crm, t0 + chrono::Duration::hours(24), 0),
+            Stuck::No,
+            "a CRM retry chain may run 24 h"
+        );
+        let done = call(CallState::Delivered, t0, t0);
+        assert_eq!(p.check(&done, t0 + chrono::Duration::days(30), 9), Stuck::No);
+    }
+}
