@@ -215,58 +215,12 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let tenants_dir = tempfile::tempdir().unwrap();
     let tenants = fixture_tenants(tenants_dir.path(), &crm.uri());
 
-    // The processes: on-webhook on its own port over Spanner/GCS/BigQuery, and the storage watcher.
+    // The processes: each function on its own port over Spanner/GCS/BigQuery, with its own vendor settings, and
+    // the storage watcher.
     let port = free_port();
     let watcher_dir = tempfile::tempdir().unwrap();
     let spawn_started = Instant::now();
-    let _webhook = Process(
-        Command::new(sibling_binary("on-webhook"))
-            .current_dir(repo())
-            .env("PORT", port.to_string())
-            .env("CALLFLOW_ENVIRONMENT", "emulators")
-            .env("CALLFLOW_TENANTS", &tenants)
-            .env("CALLFLOW_SPANNER_DATABASE", &database)
-            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
-            .env("CALLFLOW_CALLRAIL_API", callrail.uri())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let audio_port = free_port();
-    let _audio = Process(
-        Command::new(sibling_binary("on-audio-uploaded"))
-            .current_dir(repo())
-            .env("PORT", audio_port.to_string())
-            .env("CALLFLOW_ENVIRONMENT", "emulators")
-            .env("CALLFLOW_TENANTS", &tenants)
-            .env("CALLFLOW_SPANNER_DATABASE", &database)
-            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
-            .env("CALLFLOW_TRANSCRIBER", "google")
-            .env("CALLFLOW_SPEECH_ENDPOINT", speech.uri())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let transcript_port = free_port();
-    let _transcript = Process(
-        Command::new(sibling_binary("on-transcript"))
-            .current_dir(repo())
-            .env("PORT", transcript_port.to_string())
-            .env("CALLFLOW_ENVIRONMENT", "emulators")
-            .env("CALLFLOW_TENANTS", &tenants)
-            .env("CALLFLOW_SPANNER_DATABASE", &database)
-            .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
-            .env("CALLFLOW_ANALYZER", "gemini")
-            .env("CALLFLOW_GEMINI_ENDPOINT", vertex.uri())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    // on-analysis and on-crm-retry, retrying after a second rather than half a minute.
-    let delivery = |name: &str, port: u16| {
+    let function = |name: &str, port: u16, vars: &[(&str, String)]| {
         Process(
             Command::new(sibling_binary(name))
                 .current_dir(repo())
@@ -275,15 +229,30 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
                 .env("CALLFLOW_TENANTS", &tenants)
                 .env("CALLFLOW_SPANNER_DATABASE", &database)
                 .env("CALLFLOW_BIGQUERY_DATASET", &dataset)
-                .env("CALLFLOW_CRM_BACKOFF_SECS", "1")
+                .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
         )
     };
-    let _analysis = delivery("on-analysis", analysis_port);
-    let _retry = delivery("on-crm-retry", retry_port);
+    let _webhook = function("on-webhook", port, &[("CALLFLOW_CALLRAIL_API", callrail.uri())]);
+    let audio_port = free_port();
+    let _audio = function(
+        "on-audio-uploaded",
+        audio_port,
+        &[("CALLFLOW_TRANSCRIBER", "google".into()), ("CALLFLOW_SPEECH_ENDPOINT", speech.uri())],
+    );
+    let transcript_port = free_port();
+    let _transcript = function(
+        "on-transcript",
+        transcript_port,
+        &[("CALLFLOW_ANALYZER", "gemini".into()), ("CALLFLOW_GEMINI_ENDPOINT", vertex.uri())],
+    );
+    // on-analysis and on-crm-retry, retrying after a second rather than half a minute.
+    let fast_retries = [("CALLFLOW_CRM_BACKOFF_SECS", "1".to_owned())];
+    let _analysis = function("on-analysis", analysis_port, &fast_retries);
+    let _retry = function("on-crm-retry", retry_port, &fast_retries);
     let _watcher = Process(
         Command::new(env!("CARGO_BIN_EXE_callflow"))
             .current_dir(repo())
