@@ -143,10 +143,31 @@ pub trait StateStore: Send + Sync {
         email: Option<&str>,
     ) -> PortResult<Vec<CallRecord>>;
 
-    /// In one transaction: replace the call's lead with `lead` (the caller already blanked its personal fields),
-    /// clear `recording_object`, blank the stored analysis's caller details (name, email, zip, callback time), clear
-    /// the call's contact keys, and append `record` to the erasure log. `false` when there is no such call.
-    async fn erase_call(&self, lead: crate::domain::LeadDetails, record: ErasureRecord) -> PortResult<bool>;
+    /// In one transaction: apply `erasure` to the call (see `CallErasure`) and append `record` to the erasure log
+    /// (a second record with the same request id replaces the first). `false` when there is no such call.
+    async fn erase_call(&self, erasure: CallErasure, record: ErasureRecord) -> PortResult<bool>;
+
+    /// Keep an erasure request until the erasure job has carried it out. `false` (nothing changed) when a request
+    /// with this id exists for the tenant already.
+    async fn request_erasure(&self, request: &ErasureRequest) -> PortResult<bool>;
+
+    /// The tenant's erasure requests, oldest first; `pending_only` leaves out those carried out.
+    async fn erasure_requests(
+        &self,
+        tenant: &TenantId,
+        pending_only: bool,
+        limit: usize,
+    ) -> PortResult<Vec<ErasureRequest>>;
+
+    /// Mark a request carried out at `at`, having erased `calls` calls, and forget the phone and email it named (the
+    /// request is kept, for the record, without them). `false` when there is no such pending request.
+    async fn complete_erasure_request(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+        calls: u32,
+    ) -> PortResult<bool>;
 
     /// The erasure log of a tenant, newest first.
     async fn erasures(&self, tenant: &TenantId, limit: usize) -> PortResult<Vec<ErasureRecord>>;
@@ -163,6 +184,8 @@ pub trait StateStore: Send + Sync {
 pub struct CallScan {
     /// Only calls in these states (empty: any state).
     pub states: Vec<crate::domain::CallState>,
+    /// Only calls created at or after this (retention's window: what an earlier pass covered is not walked again).
+    pub created_from: Option<DateTime<Utc>>,
     /// Only calls created before this (retention).
     pub created_before: Option<DateTime<Utc>>,
     /// Only calls last changed before this (stuck calls).
@@ -170,6 +193,33 @@ pub struct CallScan {
     /// Resume after this call id (the last of the previous page).
     pub after: Option<CallId>,
     pub limit: usize,
+}
+
+/// What `erase_call` removes from a call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallErasure {
+    /// Replace the call's lead with this one (the caller already blanked its personal fields), blank the stored
+    /// analysis's caller details (name, email, zip, callback time), clear the call's contact keys, and drop the
+    /// call's pending notifications (they carry the caller's details). `None`: the lead stays as it is.
+    pub lead: Option<crate::domain::LeadDetails>,
+    /// Clear `recording_object` (the caller deleted the object first).
+    pub recording: bool,
+}
+
+/// A request to erase a caller's data (GDPR/CCPA-style), made through the ops interface and carried out by the
+/// cleanup job. The phone and email are kept normalised (E.164, lower case) and only until it is carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasureRequest {
+    pub tenant_id: TenantId,
+    /// Unique per tenant, e.g. `era-…`; the erasure log's `request_id`.
+    pub id: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    /// Set when carried out (then `phone` and `email` are `None`).
+    pub completed_at: Option<DateTime<Utc>>,
+    /// How many calls it erased.
+    pub calls_erased: Option<u32>,
 }
 
 /// What an erasure (a caller's request, or retention) removed from one call, kept without the personal data.
@@ -335,6 +385,8 @@ pub trait SecretSource: Send + Sync {
 #[async_trait]
 pub trait TenantDirectory: Send + Sync {
     async fn tenant(&self, id: &TenantId) -> PortResult<Option<Arc<Tenant>>>;
+    /// Every tenant, in id order (the scheduled jobs walk them).
+    async fn list(&self) -> PortResult<Vec<Arc<Tenant>>>;
 }
 
 /// A recording as CallRail serves it: a byte stream with its declared type and length.

@@ -15,7 +15,7 @@ use callflow::domain::crm::CrmDelivery;
 use callflow::domain::intake::{EventKind, IntakeEvent, IntakeOutcome};
 use callflow::domain::work::{Completion, NewWork, Transition, WorkKind};
 use callflow::domain::{CallId, CallSource, CallState, LeadDetails, TenantId};
-use callflow::ports::{CallScan, Claim, ErasureRecord, RefusedEvent, StateStore};
+use callflow::ports::{CallErasure, CallScan, Claim, ErasureRecord, ErasureRequest, RefusedEvent, StateStore};
 use chrono::{DateTime, Utc};
 
 fn event(tenant: &str, call: &str, recording: bool) -> IntakeEvent {
@@ -673,13 +673,15 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
         erased: vec!["recording".into(), "lead contact fields".into(), "analysis caller details".into()],
         at,
     };
+    let all = |lead: &LeadDetails| CallErasure { lead: Some(lead.clone()), recording: true };
     let first = record("CALe1", "req-1", days_ago(1));
-    assert!(store.erase_call(blank.clone(), first.clone()).await.unwrap());
+    assert!(store.erase_call(all(&blank), first.clone()).await.unwrap());
 
     let erased = store.call(&acme, &e1).await.unwrap().unwrap();
     assert_eq!(erased.lead, blank);
     assert_eq!(erased.recording_object, None);
     assert_eq!(erased.state, CallState::Analysed, "the state is kept");
+    assert_eq!(erased.updated_at, first.at);
     let analysis = store.analysis(&acme, &e1).await.unwrap().unwrap();
     assert_eq!(analysis.findings.caller, CallerDetails::default());
     assert_eq!(analysis, analysis_with(CallerDetails::default()), "the rest of the analysis is kept");
@@ -703,14 +705,14 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
     assert!(store.calls_by_contact(&acme, Some("+15035550148"), Some("kay@example.com")).await.unwrap().is_empty());
 
     // No such call: nothing changes, nothing is logged.
-    assert!(!store.erase_call(blank.clone(), record("CALnone", "req-2", days_ago(0))).await.unwrap());
+    assert!(!store.erase_call(all(&blank), record("CALnone", "req-2", days_ago(0))).await.unwrap());
     let foreign = ErasureRecord { tenant_id: tenant("globex"), ..record("CALe2", "req-2", days_ago(0)) };
-    assert!(!store.erase_call(blank.clone(), foreign).await.unwrap());
+    assert!(!store.erase_call(all(&blank), foreign).await.unwrap());
     assert_eq!(store.erasures(&acme, 10).await.unwrap().len(), 1);
 
     // The log is newest first, and limited.
     let second = record("CALe2", "retention:2025-01-01", days_ago(0));
-    assert!(store.erase_call(blank, second.clone()).await.unwrap());
+    assert!(store.erase_call(all(&blank), second.clone()).await.unwrap());
     assert_eq!(
         store.analysis(&acme, &call_id("CALe2")).await.unwrap().unwrap().findings.caller,
         CallerDetails::default()
@@ -718,6 +720,221 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
     assert!(store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap().is_empty());
     assert_eq!(store.erasures(&acme, 10).await.unwrap(), [second.clone(), first]);
     assert_eq!(store.erasures(&acme, 1).await.unwrap(), [second]);
+}
+
+/// Retention's window: `created_from` is an inclusive lower bound, combined with `created_before` (exclusive), the
+/// cursor and the page size.
+async fn scans_have_an_inclusive_created_from(store: Arc<dyn StateStore>) {
+    let base = days_ago(50);
+    let day = |n: i64| base + chrono::Duration::days(n);
+    let from = day(10);
+    let calls = [
+        ("CALw1", base),
+        ("CALw2", from),
+        ("CALw3", from),
+        ("CALw4", day(20)),
+        ("CALw5", day(30)),
+        ("CALw6", days_ago(1)),
+        // A microsecond before the bound.
+        ("CALw7", from - chrono::Duration::microseconds(1)),
+    ];
+    for (c, at) in calls {
+        store.record_intake(event_with("acme", c, contact(None, None), at)).await.unwrap();
+    }
+    store.record_intake(event_with("bayside", "CALw3", contact(None, None), from)).await.unwrap();
+    assert_eq!(store.call(&tenant("acme"), &call_id("CALw2")).await.unwrap().unwrap().created_at, from);
+
+    let window = CallScan { created_from: Some(from), created_before: Some(day(30)), ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", window.clone()).await, ["CALw2", "CALw3", "CALw4"]);
+    let since = CallScan { created_from: Some(from), ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", since).await, ["CALw2", "CALw3", "CALw4", "CALw5", "CALw6"]);
+    let later = CallScan { created_from: Some(day(30)), created_before: Some(days_ago(0)), ..CallScan::default() };
+    assert_eq!(scan_all(&store, "acme", later).await, ["CALw5", "CALw6"]);
+    let empty = CallScan { created_from: Some(day(20)), created_before: Some(day(20)), ..CallScan::default() };
+    assert!(scan_all(&store, "acme", empty).await.is_empty(), "an empty window");
+    assert_eq!(scan_all(&store, "bayside", window.clone()).await, ["CALw3"]);
+
+    // One page, resumed from a cursor inside the window.
+    let page = store
+        .scan_calls(&tenant("acme"), &CallScan { after: Some(call_id("CALw2")), limit: 1, ..window.clone() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["CALw3"]);
+    let page = store.scan_calls(&tenant("acme"), &CallScan { limit: 2, ..window }).await.unwrap();
+    assert_eq!(ids(&page), ["CALw2", "CALw3"]);
+}
+
+/// Queue work for a call the way a finished stage does (its follow-up), each item's payload `{"n": n}`.
+async fn queue_work(store: &Arc<dyn StateStore>, t: &str, c: &str, work: &[(WorkKind, i64)]) {
+    let key = format!("queue:{}", work.iter().map(|(_, n)| n.to_string()).collect::<Vec<_>>().join("-"));
+    let Claim::Claimed(claim) =
+        store.claim_stage(&tenant(t), &call_id(c), &key, Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    let follow_up =
+        work.iter().map(|(kind, n)| NewWork { kind: *kind, payload: serde_json::json!({"n": n}) }).collect();
+    assert!(store.finish_stage(&claim, Completion { follow_up, ..Completion::default() }).await.unwrap());
+}
+
+/// The queued work of this kind, as (tenant, call, n) sorted; claimed and handed straight back (due again now).
+async fn queued(store: &Arc<dyn StateStore>, kind: WorkKind) -> Vec<(String, String, i64)> {
+    let items = store.claim_work(&[kind], 100, Duration::from_secs(60)).await.unwrap();
+    let mut out = Vec::new();
+    for item in &items {
+        let n = item.payload["n"].as_i64().unwrap_or(-1);
+        out.push((item.tenant_id.to_string(), item.call_id.to_string(), n));
+        store.retry_work(item, Utc::now() - chrono::Duration::seconds(1), "handed back").await.unwrap();
+    }
+    out.sort();
+    out
+}
+
+/// What `CallErasure` names is what goes: the recording alone keeps the lead, the analysis's caller details and the
+/// contact keys (and the notifications); the lead takes those and the call's pending notifications, not another
+/// call's nor the call's other work. Neither: only the record is logged.
+async fn erasure_removes_what_it_names(store: Arc<dyn StateStore>) {
+    let at = days_ago(3);
+    let lead = contact(Some("(503) 555-0148"), Some("kay@example.com"));
+    for (t, c) in [("acme", "CALr1"), ("acme", "CALr2"), ("acme", "CALr3"), ("bayside", "CALr1")] {
+        store.record_intake(event_with(t, c, lead.clone(), at)).await.unwrap();
+    }
+    let caller = CallerDetails { name: Some("Kay".into()), zip: Some("97201".into()), ..Default::default() };
+    store_analysis(&store, "acme", "CALr1", analysis_with(caller.clone()), Some("recordings/acme/CALr1.mp3")).await;
+    store_analysis(&store, "acme", "CALr2", analysis_with(caller.clone()), Some("recordings/acme/CALr2.mp3")).await;
+    queue_work(&store, "acme", "CALr1", &[(WorkKind::Notify, 1), (WorkKind::Notify, 2), (WorkKind::Publish, 3)]).await;
+    queue_work(&store, "acme", "CALr2", &[(WorkKind::Notify, 4)]).await;
+    queue_work(&store, "bayside", "CALr1", &[(WorkKind::Notify, 5)]).await;
+    queue_work(&store, "acme", "CALr3", &[(WorkKind::Notify, 6)]).await;
+    let notify = |ns: &[(&str, &str, i64)]| -> Vec<(String, String, i64)> {
+        ns.iter().map(|(t, c, n)| (t.to_string(), c.to_string(), *n)).collect()
+    };
+    let (acme, r1, r2) = (tenant("acme"), call_id("CALr1"), call_id("CALr2"));
+    let record = |c: &str, request: &str, at: DateTime<Utc>| ErasureRecord {
+        tenant_id: acme.clone(),
+        call_id: call_id(c),
+        request_id: request.into(),
+        erased: vec!["recording".into()],
+        at,
+    };
+
+    // The recording only.
+    let recording = CallErasure { lead: None, recording: true };
+    let first = record("CALr1", "retention:2025-01-01", days_ago(2));
+    assert!(store.erase_call(recording, first.clone()).await.unwrap());
+    let call = store.call(&acme, &r1).await.unwrap().unwrap();
+    assert_eq!((call.recording_object, &call.lead, call.updated_at), (None, &lead, first.at));
+    assert_eq!(store.analysis(&acme, &r1).await.unwrap().unwrap().findings.caller, caller);
+    assert_eq!(
+        ids(&store.calls_by_contact(&acme, Some("+15035550148"), None).await.unwrap()),
+        ["CALr1", "CALr2", "CALr3"]
+    );
+    assert_eq!(
+        ids(&store.calls_by_contact(&acme, None, Some("kay@example.com")).await.unwrap()),
+        ["CALr1", "CALr2", "CALr3"]
+    );
+    assert_eq!(
+        queued(&store, WorkKind::Notify).await,
+        notify(&[
+            ("acme", "CALr1", 1),
+            ("acme", "CALr1", 2),
+            ("acme", "CALr2", 4),
+            ("acme", "CALr3", 6),
+            ("bayside", "CALr1", 5)
+        ])
+    );
+
+    // Nothing named: the call is as it was; the record is logged.
+    let before = store.call(&acme, &r1).await.unwrap().unwrap();
+    let nothing = record("CALr1", "req-nothing", days_ago(1));
+    assert!(store.erase_call(CallErasure::default(), nothing.clone()).await.unwrap());
+    assert_eq!(store.call(&acme, &r1).await.unwrap().unwrap(), before);
+    assert_eq!(store.erasures(&acme, 10).await.unwrap(), [nothing.clone(), first.clone()]);
+
+    // The lead: its contact keys, the analysis's caller details and the call's notifications go.
+    let blank = LeadDetails { answered: Some(true), ..LeadDetails::default() };
+    let by_lead = record("CALr1", "req-1", days_ago(0));
+    assert!(store.erase_call(CallErasure { lead: Some(blank.clone()), recording: false }, by_lead).await.unwrap());
+    let call = store.call(&acme, &r1).await.unwrap().unwrap();
+    assert_eq!((call.recording_object, call.lead), (None, blank.clone()));
+    assert_eq!(store.analysis(&acme, &r1).await.unwrap().unwrap().findings.caller, CallerDetails::default());
+    assert_eq!(ids(&store.calls_by_contact(&acme, Some("+15035550148"), None).await.unwrap()), ["CALr2", "CALr3"]);
+    assert_eq!(
+        queued(&store, WorkKind::Notify).await,
+        notify(&[("acme", "CALr2", 4), ("acme", "CALr3", 6), ("bayside", "CALr1", 5)])
+    );
+    assert_eq!(queued(&store, WorkKind::Publish).await, notify(&[("acme", "CALr1", 3)]), "other work stays");
+    let fetches = store.claim_work(&[WorkKind::FetchRecording], 100, Duration::from_secs(60)).await.unwrap();
+    assert!(fetches.iter().any(|w| (&w.tenant_id, &w.call_id) == (&acme, &r1)), "{fetches:?}");
+
+    // The lead alone keeps the recording.
+    let r2_lead = record("CALr2", "req-1", days_ago(0));
+    assert!(store.erase_call(CallErasure { lead: Some(blank.clone()), recording: false }, r2_lead).await.unwrap());
+    let call = store.call(&acme, &r2).await.unwrap().unwrap();
+    assert_eq!((call.recording_object.as_deref(), call.lead), (Some("recordings/acme/CALr2.mp3"), blank));
+    assert_eq!(queued(&store, WorkKind::Notify).await, notify(&[("acme", "CALr3", 6), ("bayside", "CALr1", 5)]));
+    assert_eq!(ids(&store.calls_by_contact(&acme, Some("+15035550148"), None).await.unwrap()), ["CALr3"]);
+    assert_eq!(ids(&store.calls_by_contact(&tenant("bayside"), Some("+15035550148"), None).await.unwrap()), ["CALr1"]);
+    assert_eq!(store.erasures(&acme, 10).await.unwrap().len(), 4);
+}
+
+fn erasure_request(t: &str, id: &str, phone: Option<&str>, email: Option<&str>, at: DateTime<Utc>) -> ErasureRequest {
+    ErasureRequest {
+        tenant_id: tenant(t),
+        id: id.into(),
+        phone: phone.map(str::to_owned),
+        email: email.map(str::to_owned),
+        requested_at: at,
+        completed_at: None,
+        calls_erased: None,
+    }
+}
+
+/// Erasure requests are kept once per tenant and id, listed oldest first, and completed once, forgetting the phone
+/// and email they named.
+async fn erasure_requests_are_kept_until_carried_out(store: Arc<dyn StateStore>) {
+    let (acme, bayside) = (tenant("acme"), tenant("bayside"));
+    let one = erasure_request("acme", "era-1", Some("+15035550148"), None, days_ago(3));
+    let same = days_ago(2);
+    let two = erasure_request("acme", "era-2", None, Some("kay@example.com"), same);
+    let zero = erasure_request("acme", "era-0", Some("+15035550100"), Some("a@example.com"), same);
+    let theirs = erasure_request("bayside", "era-1", Some("+19715550100"), None, days_ago(5));
+    assert!(store.erasure_requests(&acme, false, 10).await.unwrap().is_empty());
+    for r in [&one, &two, &zero, &theirs] {
+        assert!(store.request_erasure(r).await.unwrap(), "{r:?}");
+    }
+    let again = ErasureRequest { phone: Some("+15035550199".into()), ..one.clone() };
+    assert!(!store.request_erasure(&again).await.unwrap(), "an id is kept once");
+
+    // Oldest first; the same time in id order.
+    let pending = [one.clone(), zero.clone(), two.clone()];
+    assert_eq!(store.erasure_requests(&acme, true, 10).await.unwrap(), pending);
+    assert_eq!(store.erasure_requests(&acme, false, 10).await.unwrap(), pending);
+    assert_eq!(store.erasure_requests(&acme, true, 1).await.unwrap(), std::slice::from_ref(&one));
+    assert_eq!(store.erasure_requests(&bayside, true, 10).await.unwrap(), std::slice::from_ref(&theirs));
+    assert!(store.erasure_requests(&tenant("globex"), false, 10).await.unwrap().is_empty());
+
+    let done_at = days_ago(1);
+    assert!(store.complete_erasure_request(&acme, "era-1", done_at, 3).await.unwrap());
+    let done = ErasureRequest { phone: None, email: None, completed_at: Some(done_at), calls_erased: Some(3), ..one };
+    assert_eq!(store.erasure_requests(&acme, true, 10).await.unwrap(), [zero.clone(), two.clone()]);
+    assert_eq!(store.erasure_requests(&acme, false, 10).await.unwrap(), [done.clone(), zero.clone(), two.clone()]);
+    assert!(!store.complete_erasure_request(&acme, "era-1", days_ago(0), 5).await.unwrap(), "completed once");
+    assert_eq!(store.erasure_requests(&acme, false, 1).await.unwrap(), std::slice::from_ref(&done), "unchanged");
+    assert!(!store.request_erasure(&zero).await.unwrap());
+    let completed_again = erasure_request("acme", "era-1", Some("+15035550148"), None, days_ago(0));
+    assert!(!store.request_erasure(&completed_again).await.unwrap(), "a completed request keeps its id");
+    assert!(!store.complete_erasure_request(&acme, "era-9", done_at, 0).await.unwrap(), "no such request");
+    assert!(!store.complete_erasure_request(&tenant("globex"), "era-0", done_at, 0).await.unwrap());
+    assert!(!store.complete_erasure_request(&bayside, "era-0", done_at, 0).await.unwrap());
+
+    // The other tenant's request of the same id is untouched.
+    assert_eq!(store.erasure_requests(&bayside, true, 10).await.unwrap(), std::slice::from_ref(&theirs));
+    assert!(store.complete_erasure_request(&bayside, "era-1", done_at, 0).await.unwrap());
+    assert!(store.erasure_requests(&bayside, true, 10).await.unwrap().is_empty());
+    let theirs_done = ErasureRequest { phone: None, completed_at: Some(done_at), calls_erased: Some(0), ..theirs };
+    assert_eq!(store.erasure_requests(&bayside, false, 10).await.unwrap(), [theirs_done]);
+    assert_eq!(store.erasure_requests(&acme, true, 10).await.unwrap(), [zero, two], "acme's pending stay");
 }
 
 /// A job's cursor is kept per tenant and job, replaced by the next, and cleared with `None`.
@@ -863,6 +1080,24 @@ async fn sqlite_erasure_blanks_the_call_and_logs_it() {
 }
 
 #[tokio::test]
+async fn sqlite_scans_have_an_inclusive_created_from() {
+    let (_d, s) = sqlite().await;
+    scans_have_an_inclusive_created_from(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_erasure_removes_what_it_names() {
+    let (_d, s) = sqlite().await;
+    erasure_removes_what_it_names(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_erasure_requests_are_kept_until_carried_out() {
+    let (_d, s) = sqlite().await;
+    erasure_requests_are_kept_until_carried_out(s).await;
+}
+
+#[tokio::test]
 async fn sqlite_job_cursors_are_per_tenant_and_job() {
     let (_d, s) = sqlite().await;
     job_cursors_are_per_tenant_and_job(s).await;
@@ -912,6 +1147,10 @@ async fn sqlite_an_older_state_file_gains_contact_keys() {
     );
     let old = CallScan { created_before: Some(days_ago(30)), limit: 10, ..CallScan::default() };
     assert_eq!(ids(&store.scan_calls(&acme, &old).await.unwrap()), ["CALold1", "CALold2", "CALold3"]);
+    // The erasure requests' table came with the upgrade.
+    let request = erasure_request("acme", "era-1", Some("+15035550148"), None, days_ago(0));
+    assert!(store.request_erasure(&request).await.unwrap());
+    assert_eq!(store.erasure_requests(&acme, true, 10).await.unwrap(), [request]);
     drop(store);
     // Opening it again (the columns now there) is a no-op.
     let again = SqliteStateStore::open(&path, Durability::Full).unwrap();
@@ -1056,6 +1295,27 @@ async fn spanner_erasure_blanks_the_call_and_logs_it() {
 }
 
 #[tokio::test]
+async fn spanner_scans_have_an_inclusive_created_from() {
+    if let Some(s) = spanner().await {
+        scans_have_an_inclusive_created_from(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_erasure_removes_what_it_names() {
+    if let Some(s) = spanner().await {
+        erasure_removes_what_it_names(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_erasure_requests_are_kept_until_carried_out() {
+    if let Some(s) = spanner().await {
+        erasure_requests_are_kept_until_carried_out(s).await;
+    }
+}
+
+#[tokio::test]
 async fn spanner_job_cursors_are_per_tenant_and_job() {
     if let Some(s) = spanner().await {
         job_cursors_are_per_tenant_and_job(s).await;
@@ -1112,6 +1372,10 @@ async fn spanner_an_older_database_gains_contact_keys() {
     );
     let old = CallScan { created_before: Some(days_ago(30)), limit: 10, ..CallScan::default() };
     assert_eq!(ids(&store.scan_calls(&acme, &old).await.unwrap()), ["CALold1", "CALold2", "CALold3"]);
+    // The erasure requests' table came with the upgrade.
+    let request = erasure_request("acme", "era-1", Some("+15035550148"), None, days_ago(0));
+    assert!(store.request_erasure(&request).await.unwrap());
+    assert_eq!(store.erasure_requests(&acme, true, 10).await.unwrap(), [request]);
 }
 
 /// Group commit: a write that fails rolls back alone; the writes batched with it commit.

@@ -29,8 +29,8 @@ use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
-    CallScan, Claim, DeadLetter, ErasureRecord, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim,
-    StateStore,
+    CallErasure, CallScan, Claim, DeadLetter, ErasureRecord, ErasureRequest, IntakeResult, PortError, PortResult,
+    RefusedEvent, StageClaim, StateStore,
 };
 
 /// The schema files, in the order they are applied. A new file is a new migration; applied ones never change.
@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../schemas/spanner/0003_analyses.sql")),
     (4, include_str!("../../schemas/spanner/0004_deliveries_breakers_replays.sql")),
     (5, include_str!("../../schemas/spanner/0005_contact_keys_erasures_job_cursors.sql")),
+    (6, include_str!("../../schemas/spanner/0006_erasure_requests.sql")),
 ];
 
 /// The migration that added the calls' contact keys: applying it to a database with calls backfills them.
@@ -355,6 +356,9 @@ async fn completion_mutations(
     Ok(m)
 }
 
+const ERASURE_REQUEST_COLUMNS: [&str; 7] =
+    ["tenant_id", "request_id", "phone", "email", "requested_at", "completed_at", "calls_erased"];
+
 const BREAKER_COLUMNS: [&str; 5] = ["tenant_id", "breaker_key", "consecutive_failures", "open_until", "probe_until"];
 
 /// The breaker's state, read inside the transaction (so it is locked until commit); Default when never used.
@@ -529,6 +533,7 @@ impl StateStore for SpannerStateStore {
         let states: Vec<String> = scan.states.iter().map(|s| s.as_str().to_owned()).collect();
         for (given, condition) in [
             (!states.is_empty(), " AND state IN UNNEST(@states)"),
+            (scan.created_from.is_some(), " AND created_at >= @created_from"),
             (scan.created_before.is_some(), " AND created_at < @created_before"),
             (scan.updated_before.is_some(), " AND updated_at < @updated_before"),
             (scan.after.is_some(), " AND call_id > @after"),
@@ -542,6 +547,9 @@ impl StateStore for SpannerStateStore {
         stmt.add_param("tenant", &tenant.as_str());
         if !states.is_empty() {
             stmt.add_param("states", &states);
+        }
+        if let Some(from) = scan.created_from {
+            stmt.add_param("created_from", &ts(from));
         }
         if let Some(before) = scan.created_before {
             stmt.add_param("created_before", &ts(before));
@@ -591,23 +599,54 @@ impl StateStore for SpannerStateStore {
         Self::read_calls(&mut tx, keys).await.map_err(port_err)
     }
 
-    async fn erase_call(&self, lead: LeadDetails, record: ErasureRecord) -> PortResult<bool> {
+    async fn erase_call(&self, erasure: CallErasure, record: ErasureRecord) -> PortResult<bool> {
         self.rw(|tx| {
-            let (lead, record) = (lead.clone(), record.clone());
+            let (erasure, record) = (erasure.clone(), record.clone());
             Box::pin(async move {
                 let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
                 let Some(mut stored) = read_call(tx, tenant, call).await? else { return Ok(false) };
-                stored.lead = lead;
-                stored.recording_object = None;
-                stored.updated_at = record.at;
-                let mut m = vec![write_call_clearing_keys(&stored)?];
-                let key = Key::composite(&[&tenant, &call]);
-                if let Some(row) = tx.read_row("analyses", &["analysis_json"], key).await? {
-                    let json: String = row.column_by_name("analysis_json")?;
-                    let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
-                    analysis.findings.caller = Default::default();
-                    let json = serde_json::to_string(&analysis).map_err(|e| bad(e.to_string()))?;
-                    m.push(update("analyses", &["tenant_id", "call_id", "analysis_json"], &[&tenant, &call, &json]));
+                let mut m = Vec::new();
+                if erasure.recording {
+                    stored.recording_object = None;
+                }
+                match erasure.lead {
+                    Some(lead) => {
+                        stored.lead = lead;
+                        stored.updated_at = record.at;
+                        m.push(write_call_clearing_keys(&stored)?);
+                        let key = Key::composite(&[&tenant, &call]);
+                        if let Some(row) = tx.read_row("analyses", &["analysis_json"], key).await? {
+                            let json: String = row.column_by_name("analysis_json")?;
+                            let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+                            analysis.findings.caller = Default::default();
+                            let json = serde_json::to_string(&analysis).map_err(|e| bad(e.to_string()))?;
+                            m.push(update(
+                                "analyses",
+                                &["tenant_id", "call_id", "analysis_json"],
+                                &[&tenant, &call, &json],
+                            ));
+                        }
+                        // Pending notifications carry the caller's name and phone: they go with the lead. The outbox
+                        // has no index by call: this reads the tenant's part of it (a queue, kept short).
+                        let mut stmt = Statement::new(
+                            "SELECT id FROM outbox WHERE tenant_id = @tenant AND call_id = @call AND kind = @kind",
+                        );
+                        stmt.add_param("tenant", &tenant);
+                        stmt.add_param("call", &call);
+                        stmt.add_param("kind", &WorkKind::Notify.as_str());
+                        let mut rows = tx.query(stmt).await?;
+                        while let Some(row) = rows.next().await? {
+                            let id: i64 = row.column_by_name("id")?;
+                            m.push(delete("outbox", Key::composite(&[&tenant, &id])));
+                        }
+                    }
+                    None if erasure.recording => {
+                        stored.updated_at = record.at;
+                        // The lead stays, and with it the stored contact keys.
+                        m.push(write_call(&stored)?);
+                    }
+                    // Nothing of the call is erased: only the record is kept.
+                    None => {}
                 }
                 m.push(insert_or_update(
                     "erasures",
@@ -615,6 +654,100 @@ impl StateStore for SpannerStateStore {
                     &[&tenant, &call, &record.request_id, &record.erased, &ts(record.at)],
                 ));
                 tx.buffer_write(m);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn request_erasure(&self, request: &ErasureRequest) -> PortResult<bool> {
+        self.rw(|tx| {
+            let request = request.clone();
+            Box::pin(async move {
+                let tenant = request.tenant_id.as_str();
+                let key = Key::composite(&[&tenant, &request.id.as_str()]);
+                if tx.read_row("erasure_requests", &["request_id"], key).await?.is_some() {
+                    return Ok(false);
+                }
+                tx.buffer_write(vec![insert(
+                    "erasure_requests",
+                    &ERASURE_REQUEST_COLUMNS,
+                    &[
+                        &tenant,
+                        &request.id,
+                        &request.phone,
+                        &request.email,
+                        &ts(request.requested_at),
+                        &request.completed_at.map(ts),
+                        &request.calls_erased.map(i64::from),
+                    ],
+                )]);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn erasure_requests(
+        &self,
+        tenant: &TenantId,
+        pending_only: bool,
+        limit: usize,
+    ) -> PortResult<Vec<ErasureRequest>> {
+        // A tenant's requests are few: its key range, filtered and sorted.
+        let mut sql =
+            format!("SELECT {} FROM erasure_requests WHERE tenant_id = @tenant", ERASURE_REQUEST_COLUMNS.join(", "));
+        if pending_only {
+            sql.push_str(" AND completed_at IS NULL");
+        }
+        sql.push_str(" ORDER BY requested_at, request_id LIMIT @limit");
+        let mut stmt = Statement::new(sql);
+        stmt.add_param("tenant", &tenant.as_str());
+        stmt.add_param("limit", &i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+            let read = || -> Result<ErasureRequest, SpannerError> {
+                let calls: Option<i64> = row.column_by_name("calls_erased")?;
+                Ok(ErasureRequest {
+                    tenant_id: tenant.clone(),
+                    id: row.column_by_name("request_id")?,
+                    phone: row.column_by_name("phone")?,
+                    email: row.column_by_name("email")?,
+                    requested_at: from_ts(row.column_by_name("requested_at")?),
+                    completed_at: row.column_by_name::<Option<OffsetDateTime>>("completed_at")?.map(from_ts),
+                    calls_erased: calls.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                })
+            };
+            out.push(read().map_err(port_err)?);
+        }
+        Ok(out)
+    }
+
+    async fn complete_erasure_request(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+        calls: u32,
+    ) -> PortResult<bool> {
+        self.rw(|tx| {
+            let (tenant, id) = (tenant.clone(), id.to_owned());
+            Box::pin(async move {
+                let key = Key::composite(&[&tenant.as_str(), &id.as_str()]);
+                let Some(row) = tx.read_row("erasure_requests", &["completed_at"], key).await? else {
+                    return Ok(false);
+                };
+                if row.column_by_name::<Option<OffsetDateTime>>("completed_at")?.is_some() {
+                    return Ok(false);
+                }
+                let forgotten: Option<String> = None;
+                tx.buffer_write(vec![update(
+                    "erasure_requests",
+                    &["tenant_id", "request_id", "phone", "email", "completed_at", "calls_erased"],
+                    &[&tenant.as_str(), &id, &forgotten, &forgotten, &Some(ts(at)), &Some(i64::from(calls))],
+                )]);
                 Ok(true)
             })
         })
@@ -1136,6 +1269,7 @@ mod tests {
         assert!(all.iter().any(|s| s.starts_with("ALTER TABLE calls ADD COLUMN phone_key")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE erasures")));
         assert!(all.iter().any(|s| s.starts_with("CREATE TABLE job_cursors")));
-        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 13);
+        assert!(all.iter().any(|s| s.starts_with("CREATE TABLE erasure_requests")));
+        assert_eq!(all.iter().filter(|s| s.starts_with("CREATE TABLE")).count(), 14);
     }
 }

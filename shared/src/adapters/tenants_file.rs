@@ -69,6 +69,12 @@ impl TenantDirectory for FileTenants {
     async fn tenant(&self, id: &TenantId) -> PortResult<Option<Arc<Tenant>>> {
         Ok(self.tenants.get(id).cloned())
     }
+
+    async fn list(&self) -> PortResult<Vec<Arc<Tenant>>> {
+        let mut all: Vec<_> = self.tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(all)
+    }
 }
 
 #[cfg(test)]

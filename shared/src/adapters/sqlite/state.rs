@@ -17,8 +17,8 @@ use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
-    CallScan, Claim, DeadLetter, ErasureRecord, IntakeResult, PortError, PortResult, RefusedEvent, StageClaim,
-    StateStore,
+    CallErasure, CallScan, Claim, DeadLetter, ErasureRecord, ErasureRequest, IntakeResult, PortError, PortResult,
+    RefusedEvent, StageClaim, StateStore,
 };
 
 const SCHEMA: &str = r"
@@ -127,6 +127,18 @@ CREATE TABLE IF NOT EXISTS erasures (
     PRIMARY KEY (tenant_id, call_id, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS erasures_by_time ON erasures (tenant_id, erased_at);
+-- Erasure requests, kept until the erasure job carried them out (then without the phone and email they named).
+-- Files from before them get the table on open.
+CREATE TABLE IF NOT EXISTS erasure_requests (
+    tenant_id    TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    phone        TEXT,
+    email        TEXT,
+    requested_at TEXT NOT NULL,
+    completed_at TEXT,
+    calls_erased INTEGER,
+    PRIMARY KEY (tenant_id, request_id)
+) WITHOUT ROWID;
 -- Where a bounded job (e.g. retention) stopped, per tenant.
 CREATE TABLE IF NOT EXISTS job_cursors (
     tenant_id  TEXT NOT NULL,
@@ -472,7 +484,7 @@ impl StateStore for SqliteStateStore {
                 "{CALL_SELECT} WHERE tenant_id = ?1
                    AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
                    AND (?3 IS NULL OR created_at < ?3) AND (?4 IS NULL OR updated_at < ?4)
-                   AND (?5 IS NULL OR call_id > ?5)
+                   AND (?5 IS NULL OR call_id > ?5) AND (?7 IS NULL OR created_at >= ?7)
                  ORDER BY call_id LIMIT ?6"
             ))?;
             let rows = stmt.query_map(
@@ -483,6 +495,7 @@ impl StateStore for SqliteStateStore {
                     scan.updated_before.map(rfc3339),
                     scan.after.as_ref().map(CallId::as_str),
                     i64::try_from(scan.limit).unwrap_or(i64::MAX),
+                    scan.created_from.map(rfc3339),
                 ],
                 call_from_row,
             )?;
@@ -516,30 +529,45 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
-    async fn erase_call(&self, lead: LeadDetails, record: ErasureRecord) -> PortResult<bool> {
+    async fn erase_call(&self, erasure: CallErasure, record: ErasureRecord) -> PortResult<bool> {
         let erased = Value::from(record.erased.clone()).to_string();
         self.writer
             .write(move |c| {
                 let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
                 let Some(mut stored) = read_call(c, tenant, call)? else { return Ok(false) };
-                stored.lead = lead;
-                stored.recording_object = None;
-                stored.updated_at = record.at;
-                write_call(c, &stored)?;
-                c.prepare_cached(
-                    "UPDATE calls SET phone_key = NULL, email_key = NULL WHERE tenant_id = ?1 AND call_id = ?2",
-                )?
-                .execute(params![tenant, call])?;
-                let analysis: Option<String> = c
-                    .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
-                    .query_row(params![tenant, call], |r| r.get(0))
-                    .optional()?;
-                if let Some(json) = analysis {
-                    let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad_data(e.to_string()))?;
-                    analysis.findings.caller = Default::default();
-                    let json = serde_json::to_string(&analysis).map_err(|e| bad_data(e.to_string()))?;
-                    c.prepare_cached("UPDATE analyses SET analysis_json = ?1 WHERE tenant_id = ?2 AND call_id = ?3")?
+                let lead_erased = erasure.lead.is_some();
+                if lead_erased || erasure.recording {
+                    if erasure.recording {
+                        stored.recording_object = None;
+                    }
+                    if let Some(lead) = erasure.lead {
+                        stored.lead = lead;
+                    }
+                    stored.updated_at = record.at;
+                    write_call(c, &stored)?;
+                }
+                if lead_erased {
+                    c.prepare_cached(
+                        "UPDATE calls SET phone_key = NULL, email_key = NULL WHERE tenant_id = ?1 AND call_id = ?2",
+                    )?
+                    .execute(params![tenant, call])?;
+                    let analysis: Option<String> = c
+                        .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
+                        .query_row(params![tenant, call], |r| r.get(0))
+                        .optional()?;
+                    if let Some(json) = analysis {
+                        let mut analysis: Analysis =
+                            serde_json::from_str(&json).map_err(|e| bad_data(e.to_string()))?;
+                        analysis.findings.caller = Default::default();
+                        let json = serde_json::to_string(&analysis).map_err(|e| bad_data(e.to_string()))?;
+                        c.prepare_cached(
+                            "UPDATE analyses SET analysis_json = ?1 WHERE tenant_id = ?2 AND call_id = ?3",
+                        )?
                         .execute(params![json, tenant, call])?;
+                    }
+                    // Pending notifications carry the caller's name and phone: they go with the lead.
+                    c.prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND call_id = ?2 AND kind = ?3")?
+                        .execute(params![tenant, call, WorkKind::Notify.as_str()])?;
                 }
                 c.prepare_cached(
                     "INSERT INTO erasures (tenant_id, call_id, request_id, erased_json, erased_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -548,6 +576,84 @@ impl StateStore for SqliteStateStore {
                 )?
                 .execute(params![tenant, call, record.request_id, erased, rfc3339(record.at)])?;
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn request_erasure(&self, request: &ErasureRequest) -> PortResult<bool> {
+        let request = request.clone();
+        self.writer
+            .write(move |c| {
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO erasure_requests
+                             (tenant_id, request_id, phone, email, requested_at, completed_at, calls_erased)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (tenant_id, request_id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        request.tenant_id.as_str(),
+                        request.id,
+                        request.phone,
+                        request.email,
+                        rfc3339(request.requested_at),
+                        request.completed_at.map(rfc3339),
+                        request.calls_erased,
+                    ])?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
+    async fn erasure_requests(
+        &self,
+        tenant: &TenantId,
+        pending_only: bool,
+        limit: usize,
+    ) -> PortResult<Vec<ErasureRequest>> {
+        let tenant = tenant.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT request_id, phone, email, requested_at, completed_at, calls_erased FROM erasure_requests
+                 WHERE tenant_id = ?1 AND (?2 = 0 OR completed_at IS NULL)
+                 ORDER BY requested_at, request_id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![tenant.as_str(), pending_only, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(ErasureRequest {
+                        tenant_id: tenant.clone(),
+                        id: r.get(0)?,
+                        phone: r.get(1)?,
+                        email: r.get(2)?,
+                        requested_at: parse_time(&r.get::<_, String>(3)?)?,
+                        completed_at: r.get::<_, Option<String>>(4)?.as_deref().map(parse_time).transpose()?,
+                        calls_erased: r.get(5)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn complete_erasure_request(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+        calls: u32,
+    ) -> PortResult<bool> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.writer
+            .write(move |c| {
+                let done = c
+                    .prepare_cached(
+                        "UPDATE erasure_requests SET completed_at = ?1, calls_erased = ?2, phone = NULL, email = NULL
+                         WHERE tenant_id = ?3 AND request_id = ?4 AND completed_at IS NULL",
+                    )?
+                    .execute(params![rfc3339(at), calls, tenant.as_str(), id])?;
+                Ok(done == 1)
             })
             .await
     }
