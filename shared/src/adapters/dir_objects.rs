@@ -165,7 +165,12 @@ impl ObjectStore for DirObjectStore {
         // leaves an orphan data file, never a listed object without data.
         match tokio::fs::remove_file(&meta_path).await {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No object; but a delete that crashed between the two files left its bytes, and an erasure
+                // repeating the delete must not leave them behind.
+                let _ = tokio::fs::remove_file(&data_path).await;
+                return Ok(false);
+            }
             Err(e) => return Err(io_err("delete metadata", e)),
         }
         match tokio::fs::remove_file(&data_path).await {

@@ -49,9 +49,18 @@ pub fn stage_events_schema() -> Vec<ColumnSchema> {
     serde_json::from_str(STAGE_EVENTS_SCHEMA).expect("the bundled schema is valid JSON")
 }
 
+/// Every table this project streams to, with its schema file.
+pub const TABLES: &[(&str, &str)] = &[
+    (STAGE_EVENTS_TABLE, STAGE_EVENTS_SCHEMA),
+    (super::cleanup::CLEANUP_RUNS_TABLE, super::cleanup::CLEANUP_RUNS_SCHEMA),
+];
+
 /// The columns of a table this project streams to, from the repo's schema files; `None` for any other table.
 pub fn table_schema(table: &str) -> Option<Vec<ColumnSchema>> {
-    (table == STAGE_EVENTS_TABLE).then(stage_events_schema)
+    TABLES
+        .iter()
+        .find(|(name, _)| *name == table)
+        .map(|(_, schema)| serde_json::from_str(schema).expect("the bundled schemas are valid JSON"))
 }
 
 /// Check a row against its table's schema before any sink sees it, so every backend refuses the same rows with

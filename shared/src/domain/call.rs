@@ -156,6 +156,9 @@ pub struct LeadDetails {
     pub form_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Ingested by reconciliation (listed by CallRail's API; its webhook never came).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciled: Option<bool>,
 }
 
 impl LeadDetails {
@@ -205,7 +208,8 @@ impl LeadDetails {
             landing_page_url,
             referring_url,
             form_name,
-            message
+            message,
+            reconciled
         );
         if !newer.tags.is_empty() {
             self.tags = newer.tags.clone();

@@ -107,6 +107,18 @@ impl CrmRetry {
     }
 }
 
+impl CrmRetry {
+    /// The first message of the chain the stuck-calls job starts for a call that sat in `analysed` past its limit
+    /// (its first chain ended or was lost): chain `s{redrive}`, due now, attempts counted afresh.
+    pub fn redrive(tenant_id: &str, call_id: &str, redrive: u32, now: DateTime<Utc>) -> Self {
+        Self {
+            chain: format!("s{redrive}"),
+            last_error: "re-driven: the call sat in analysed past its limit".into(),
+            ..Self::replay(tenant_id, call_id, "", now)
+        }
+    }
+}
+
 /// Where the push at claim `chain`/`seq` goes next after a failure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {

@@ -13,6 +13,9 @@ pub enum EventKind {
     PostCall,
     CallModified,
     Form,
+    /// A call CallRail's API lists and the webhook never delivered, ingested by the reconciliation job. Its
+    /// dedupe key is the post-call webhook's, so whichever of the two comes second is a duplicate.
+    Reconciled,
 }
 
 impl EventKind {
@@ -21,6 +24,7 @@ impl EventKind {
             Self::PostCall => "post_call",
             Self::CallModified => "call_modified",
             Self::Form => "form",
+            Self::Reconciled => "reconciled",
         }
     }
 }

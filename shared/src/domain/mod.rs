@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod breaker;
 pub mod call;
 pub mod callrail;
+pub mod cleanup;
 pub mod crm;
 pub mod delivery;
 pub mod form;

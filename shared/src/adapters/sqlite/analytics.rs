@@ -8,7 +8,7 @@ use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
-use crate::domain::analytics::{self, AnalyticsRow, ColumnSchema, STAGE_EVENTS_TABLE, stage_events_schema};
+use crate::domain::analytics::{self, AnalyticsRow, ColumnSchema};
 use crate::ports::{AnalyticsSink, PortError, PortResult};
 
 #[derive(Clone)]
@@ -63,7 +63,10 @@ impl SqliteAnalytics {
             std::fs::create_dir_all(dir)?;
         }
         let conn = writer::open(path, durability)?;
-        let tables = vec![(STAGE_EVENTS_TABLE.to_owned(), stage_events_schema())];
+        let tables: Vec<(String, Vec<ColumnSchema>)> = analytics::TABLES
+            .iter()
+            .map(|(name, _)| (name.to_string(), analytics::table_schema(name).expect("a listed table")))
+            .collect();
         for (name, cols) in &tables {
             conn.execute_batch(&create_table(name, cols))?;
             add_new_columns(&conn, name, cols)?;
@@ -108,6 +111,7 @@ impl AnalyticsSink for SqliteAnalytics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::analytics::{STAGE_EVENTS_TABLE, stage_events_schema};
     use serde_json::json;
 
     #[tokio::test]
