@@ -51,7 +51,22 @@ pub enum FetchOutcome {
     DeadLettered {
         reason: String,
     },
+    /// The call has moved past `received` (another fetch stored it, or an erasure stopped it): nothing to do.
+    NotNeeded {
+        state: CallState,
+    },
     LeaseLost,
+}
+
+/// A fetch (or a form's text) is for a call still in `received`. One that moved on — a second fetch after a
+/// re-drive, or a call an erasure request stopped — is finished without storing anything, so erased data does
+/// not come back.
+async fn not_needed(service: &Service, item: &WorkItem, call: &CallRecord) -> Option<FetchOutcome> {
+    if call.state == CallState::Received {
+        return None;
+    }
+    let outcome = FetchOutcome::NotNeeded { state: call.state };
+    Some(finish(service, item, Completion::default(), outcome).await)
 }
 
 fn unit_random() -> f64 {
@@ -121,6 +136,9 @@ async fn store_form_text(service: &Service, item: WorkItem) -> FetchOutcome {
         Ok(None) => return dead_letter(service, &item, None, "call record is missing", started).await,
         Err(e) => return retry(service, &item, &e.message, None).await,
     };
+    if let Some(done) = not_needed(service, &item, &call).await {
+        return done;
+    }
     let language = match service.ports.tenants.tenant(&item.tenant_id).await {
         Ok(Some(t)) => t.transcription.language.clone(),
         Ok(None) => return dead_letter(service, &item, Some(&call), "tenant is no longer configured", started).await,
@@ -165,6 +183,9 @@ async fn fetch(service: &Service, item: WorkItem) -> FetchOutcome {
         Ok(None) => return dead_letter(service, &item, None, "call record is missing", started).await,
         Err(e) => return retry(service, &item, &e.message, None).await,
     };
+    if let Some(done) = not_needed(service, &item, &call).await {
+        return done;
+    }
     let tenant = match service.ports.tenants.tenant(&item.tenant_id).await {
         Ok(Some(t)) => t,
         Ok(None) => return dead_letter(service, &item, Some(&call), "tenant is no longer configured", started).await,
