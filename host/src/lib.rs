@@ -2,6 +2,7 @@
 //! hosts each trigger destination on the local router, and serves the public webhook endpoint on one port.
 //! Each function still builds and runs alone as its own binary for Cloud Run.
 
+pub mod scheduler;
 pub mod topology;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub struct Settings {
     pub transcript: on_transcript::Settings,
     /// on-analysis and on-crm-retry share one delivery policy (the same variables).
     pub delivery: on_analysis::Settings,
+    pub cleanup: cleanup_scheduled::Settings,
 }
 
 impl Settings {
@@ -31,6 +33,7 @@ impl Settings {
             audio: on_audio_uploaded::Settings::from_lookup(&var)?,
             transcript: on_transcript::Settings::from_lookup(&var)?,
             delivery: on_analysis::Settings::from_lookup(&var)?,
+            cleanup: cleanup_scheduled::Settings::from_lookup(&var)?,
         })
     }
 }
@@ -44,6 +47,8 @@ pub struct Host {
     pub transcript: on_transcript::Service,
     /// on-analysis and on-crm-retry.
     pub delivery: callflow::runtime::lead_delivery::Delivery,
+    /// Retention, erasure, stuck calls and reconciliation, woken by the router's `cleanup` schedule.
+    pub cleanup: cleanup_scheduled::Service,
     /// The webhook's settings: the host serves on its port and drains with its window.
     pub settings: on_webhook::Settings,
 }
@@ -82,6 +87,9 @@ impl Host {
         let delivery = callflow::runtime::lead_delivery::Delivery::with_embedded(&embedded, all.delivery.policy);
         router.host("on-analysis", on_analysis::app(delivery.clone()), DELIVERY_CONCURRENCY);
         router.host("on-crm-retry", on_crm_retry::app(delivery.clone()), DELIVERY_CONCURRENCY);
+        let cleanup = cleanup_scheduled::Service::with_embedded(&embedded, &all.cleanup)?;
+        // One run at a time: a run that outlasts its slot is not overlapped by the next.
+        router.host("cleanup-scheduled", cleanup_scheduled::app(cleanup.clone()), 1);
         for t in router.unhosted_triggers() {
             tracing::info!(
                 trigger = %t.name,
@@ -89,6 +97,6 @@ impl Host {
                 "no function for this trigger in this host yet; its events are kept until one is hosted"
             );
         }
-        Ok(Self { embedded, router, webhook, audio, transcript, delivery, settings })
+        Ok(Self { embedded, router, webhook, audio, transcript, delivery, cleanup, settings })
     }
 }

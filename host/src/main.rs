@@ -9,6 +9,7 @@ mod bench;
 mod bench_adapters;
 mod bench_delivery;
 mod bench_stage;
+mod cleanup_ops;
 mod receiver;
 
 #[derive(Parser)]
@@ -22,6 +23,16 @@ struct Cli {
 enum Command {
     /// Run every function, the local router and the embedded backends in one process (the default).
     Serve,
+    /// Erasure requests: erase a caller's recordings, transcripts and personal data (carried out by cleanup).
+    Erasure {
+        #[command(subcommand)]
+        action: cleanup_ops::ErasureAction,
+    },
+    /// Cleanup (retention, erasure, stuck calls, reconciliation with CallRail) now, as the schedule runs it.
+    Cleanup {
+        #[command(subcommand)]
+        action: cleanup_ops::CleanupAction,
+    },
     /// Events the router gave up on, and work the functions dead-lettered.
     DeadLetters {
         #[command(subcommand)]
@@ -51,6 +62,16 @@ enum Command {
         /// Deliver a function's events to another URL than the environment's, as FUNCTION=URL (repeatable).
         #[arg(long = "deliver", value_parser = parse_deliver)]
         deliver: Vec<(String, String)>,
+    },
+    /// Emulator topology: Cloud Scheduler's part — publish each schedule of eventarc/triggers.toml on its topic at
+    /// every due slot (attributes `schedule`, `schedule_time`); or, with --fire-now, one message now, then exit.
+    Scheduler {
+        /// Publish one message for this schedule (`cleanup`) now and exit.
+        #[arg(long)]
+        fire_now: Option<String>,
+        /// How often due slots are looked for, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
     /// A lead receiver for the custom-webhook CRM (signature checked, each lead kept once, JSON Lines out).
     CrmReceiver {
@@ -134,10 +155,16 @@ async fn main() -> ExitCode {
         cli.command,
         None | Some(Command::Serve) | Some(Command::WatchStorage { .. }) | Some(Command::CrmReceiver { .. })
     );
-    telemetry::init(if serving { "callflow-host" } else { "callflow" });
+    if serving {
+        telemetry::init("callflow-host");
+    } else {
+        telemetry::init_stderr("callflow");
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
         Command::DeadLetters { action } => dead_letters(action).await,
+        Command::Erasure { action } => cleanup_ops::erasure(action).await,
+        Command::Cleanup { action } => cleanup_ops::cleanup(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
         Command::Provision => provision().await,
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
@@ -147,6 +174,12 @@ async fn main() -> ExitCode {
             bench_delivery::run(leads, concurrency, backlog).await
         }
         Command::WatchStorage { interval_ms, deliver } => watch_storage(interval_ms, deliver).await,
+        Command::Scheduler { fire_now, interval_ms } => match topology_triggers() {
+            Ok(t) => {
+                callflow_host::scheduler::command(t, fire_now, std::time::Duration::from_millis(interval_ms)).await
+            }
+            Err(e) => Err(e),
+        },
         Command::CrmReceiver { port, bind, secret_file, out } => {
             crm_receiver((bind, port).into(), secret_file, out).await
         }

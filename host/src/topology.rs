@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use callflow::domain::analytics::{STAGE_EVENTS_SCHEMA, STAGE_EVENTS_TABLE};
+use callflow::domain::analytics::TABLES;
 use callflow::eventarc::{Source, Triggers};
 use serde_json::{Value, json};
 
@@ -64,19 +64,25 @@ pub async fn provision(
         .send()
         .await?;
     created_or_exists(answer, &format!("dataset {dataset}")).await?;
-    let fields: Value = serde_json::from_str(STAGE_EVENTS_SCHEMA)?;
-    let answer = http
-        .post(format!("{bq}/datasets/{dataset}/tables"))
-        .json(&json!({
-            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": STAGE_EVENTS_TABLE},
+    // Every table the project streams to (`domain::analytics::TABLES`), from its schema file: day-partitioned by
+    // `event_time` and clustered by tenant where the table has those columns (they all do so far).
+    for (table, schema) in TABLES {
+        let fields: Value = serde_json::from_str(schema).with_context(|| format!("schema of table {table}"))?;
+        let has = |column: &str| fields.as_array().is_some_and(|f| f.iter().any(|c| c["name"] == column));
+        let mut config = json!({
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
             "schema": {"fields": fields},
-            "timePartitioning": {"type": "DAY", "field": "event_time"},
-            "clustering": {"fields": ["tenant_id"]},
-        }))
-        .send()
-        .await?;
-    created_or_exists(answer, &format!("table {STAGE_EVENTS_TABLE}")).await?;
-    done.tables.push(format!("{dataset}.{STAGE_EVENTS_TABLE}"));
+        });
+        if has("event_time") {
+            config["timePartitioning"] = json!({"type": "DAY", "field": "event_time"});
+        }
+        if has("tenant_id") {
+            config["clustering"] = json!({"fields": ["tenant_id"]});
+        }
+        let answer = http.post(format!("{bq}/datasets/{dataset}/tables")).json(&config).send().await?;
+        created_or_exists(answer, &format!("table {table}")).await?;
+        done.tables.push(format!("{dataset}.{table}"));
+    }
 
     let ps = format!("{pubsub}/v1/projects/{project}");
     for topic in triggers.topics.values() {

@@ -19,6 +19,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
+/// The caller of the fixture call.
+const PHONE: &str = "+15125550143";
 
 fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
     std::fs::create_dir_all(data).unwrap();
@@ -230,6 +232,33 @@ async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
     assert_eq!(listed["events"].as_array().map(Vec::len), Some(0));
     let leads = mock.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/crm/leads").count();
     assert_eq!(leads, 1, "the lead reached the tenant's receiver once");
+
+    // An operator erases the caller: the request is kept, a cleanup run carries it out, the log says what went.
+    let callflow = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_callflow")).args(args).envs(vars.iter().cloned()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let bad = Command::new(env!("CARGO_BIN_EXE_callflow"))
+        .args(["erasure", "request", "--tenant", "acme-remodeling", "--phone", "call me"])
+        .envs(vars.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not a phone number"));
+    let requested = callflow(&["erasure", "request", "--tenant", "acme-remodeling", "--phone", PHONE, "--json"]);
+    let id = requested["id"].as_str().unwrap().to_owned();
+    let dry = callflow(&["cleanup", "run", "--job", "erasure", "--dry-run", "--json"]);
+    assert_eq!(dry["jobs"][0]["calls"], serde_json::json!([CALL]), "{dry}");
+    let run = callflow(&["cleanup", "run", "--job", "erasure", "--json"]);
+    let acme = run["jobs"].as_array().unwrap().iter().find(|j| j["tenant_id"] == "acme-remodeling").unwrap();
+    assert_eq!(acme["counts"]["calls_erased"], 1, "{run}");
+    let listed = callflow(&["erasure", "list", "--tenant", "acme-remodeling", "--json"]);
+    assert_eq!(listed["requests"][0]["id"], id.as_str());
+    assert_eq!(listed["requests"][0]["calls_erased"], 1);
+    assert_eq!(listed["erasures"][0]["call_id"], CALL);
+    let lead: String =
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT lead_json FROM calls", [], |r| r.get(0)).unwrap();
+    assert!(!lead.contains(&PHONE[2..]), "{lead}");
 
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let stopped = Instant::now();

@@ -12,6 +12,11 @@
 //! message it publishes is pushed by the emulator to on-crm-retry, whose push succeeds. The call ends `delivered`
 //! in Spanner with the receiver's record id, the lead received twice under one idempotency key.
 //!
+//! Then Cloud Scheduler's part: `callflow scheduler --fire-now cleanup` publishes the `cleanup` schedule's message
+//! on `scheduled`, the emulator pushes it to cleanup-scheduled (a process of its own), and its run of the four jobs
+//! over every tenant lands as `cleanup_runs` rows in the BigQuery emulator; reconciliation lists the call from the
+//! CallRail fake and finds it known (the webhook delivered it).
+//!
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
 mod common;
@@ -115,10 +120,11 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let dataset = format!("e2e_{suffix}");
     let triggers = callflow::eventarc::load(&repo().join("eventarc"), "emulators").unwrap();
     let (stand_in, _inbox) = receiver().await;
-    let (analysis_port, retry_port) = (free_port(), free_port());
+    let (analysis_port, retry_port, cleanup_port) = (free_port(), free_port(), free_port());
     let push_to = |function: &str| match function {
         "on-analysis" => Some(format!("http://127.0.0.1:{analysis_port}/")),
         "on-crm-retry" => Some(format!("http://127.0.0.1:{retry_port}/")),
+        "cleanup-scheduled" => Some(format!("http://127.0.0.1:{cleanup_port}/")),
         _ => Some(stand_in.clone()),
     };
 
@@ -127,6 +133,8 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let done = callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
     eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
+    assert!(done.subscriptions.iter().any(|s| s == "eventarc-cleanup-scheduled"));
+    assert_eq!(done.tables, [format!("{dataset}.stage_events"), format!("{dataset}.cleanup_runs")]);
     // Provisioning again converges: existing resources are kept or brought to the definitions, not an error.
     callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
 
@@ -143,6 +151,25 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     assert_eq!(sub["deadLetterPolicy"]["maxDeliveryAttempts"], 10);
     assert_eq!(sub["deadLetterPolicy"]["deadLetterTopic"], format!("projects/{PROJECT}/topics/dead-letters"));
     assert_eq!(sub["retryPolicy"]["minimumBackoff"], "10s");
+    let sub: Value = reqwest::get(format!("{pubsub}/v1/projects/{PROJECT}/subscriptions/eventarc-cleanup-scheduled"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sub["topic"], format!("projects/{PROJECT}/topics/scheduled"));
+    assert_eq!(sub["pushConfig"]["pushEndpoint"], format!("http://127.0.0.1:{cleanup_port}/"));
+    // The emulator's subscriptions outlive a test: schedule messages an earlier run (or a running topology's
+    // scheduler) left waiting for their next attempt would reach this run's cleanup-scheduled and spend its
+    // reconciliation pass. Seeking to now acknowledges them.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let sought = reqwest::Client::new()
+        .post(format!("{pubsub}/v1/projects/{PROJECT}/subscriptions/eventarc-cleanup-scheduled:seek"))
+        .json(&json!({ "time": now }))
+        .send()
+        .await
+        .unwrap();
+    assert!(sought.status().is_success(), "seek: {}", sought.status());
 
     // The vendor: CallRail's API serving the recording.
     let callrail = MockServer::start().await;
@@ -253,6 +280,8 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let fast_retries = [("CALLFLOW_CRM_BACKOFF_SECS", "1".to_owned())];
     let _analysis = function("on-analysis", analysis_port, &fast_retries);
     let _retry = function("on-crm-retry", retry_port, &fast_retries);
+    // cleanup-scheduled, whose reconciliation asks the CallRail fake, never the real API.
+    let _cleanup = function("cleanup-scheduled", cleanup_port, &[("CALLFLOW_CALLRAIL_API", callrail.uri())]);
     let _watcher = Process(
         Command::new(env!("CARGO_BIN_EXE_callflow"))
             .current_dir(repo())
@@ -282,6 +311,23 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
         .replace(r#""duration": "187""#, r#""duration": "45""#)
         .replace(r#""recording_duration": "181""#, r#""recording_duration": "44""#);
     assert!(body.contains(r#""duration": "45""#), "the fixture's duration was replaced");
+    // CallRail's call list (reconciliation): Acme's account lists this call, Bayside's nothing.
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v3/a/ACC8154748ae6bd4e278a7cddd38a662f4f/calls\.json$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"page": 1, "per_page": 100, "total_pages": 1, "total_records": 1, "calls": [listed]}),
+        ))
+        .mount(&callrail)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v3/a/ACC0f6b0e3c2f3e4b1d9a7c5e2b4d6f8a10/calls\.json$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"page": 1, "per_page": 100, "total_pages": 0, "total_records": 0, "calls": []})),
+        )
+        .mount(&callrail)
+        .await;
     let sent = Instant::now();
     let answer = http
         .post(format!("{base}/webhooks/callrail/acme-remodeling"))
@@ -412,4 +458,78 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     })
     .await;
     assert_eq!(outcomes, ["on-analysis:retry_scheduled", "on-crm-retry:delivered"]);
+
+    // Cloud Scheduler's part: the `cleanup` schedule fired now, pushed by the emulator to cleanup-scheduled.
+    wait_for("cleanup-scheduled to listen", Duration::from_secs(30), async || {
+        http.get(format!("http://127.0.0.1:{cleanup_port}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    let fired = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_callflow"))
+        .current_dir(repo())
+        .args(["scheduler", "--fire-now", "cleanup"])
+        .env("CALLFLOW_ENVIRONMENT", "emulators")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "callflow scheduler --fire-now cleanup failed");
+    let said = String::from_utf8(out.stdout).unwrap();
+    // "cleanup: published message N on scheduled (schedule_time 2026-…Z)": the run is named by that slot.
+    let run_id = said.split("schedule_time ").nth(1).and_then(|r| r.split(')').next()).expect(&said).to_owned();
+    let tenants_n = 2;
+    let runs = wait_for("the cleanup_runs rows", Duration::from_secs(30), async || {
+        let answer: Value = http
+            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
+            .json(&json!({
+                "query": format!(
+                    "SELECT DISTINCT tenant_id, job, complete, counts FROM `{PROJECT}.{dataset}.cleanup_runs` \
+                     WHERE run_id = '{run_id}' ORDER BY tenant_id, job"
+                ),
+                "useLegacySql": false,
+            }))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let rows: Vec<Vec<String>> = answer["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                (0..4)
+                    .map(|i| match &r["f"][i]["v"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        (rows.len() >= 4 * tenants_n).then_some(rows)
+    })
+    .await;
+    eprintln!("scheduler fired → cleanup_runs rows: {} ms", fired.elapsed().as_millis());
+    let jobs: Vec<String> = runs.iter().map(|r| format!("{}:{}:{}", r[0], r[1], r[2])).collect();
+    assert_eq!(
+        jobs,
+        [
+            "acme-remodeling:erasure:true",
+            "acme-remodeling:reconciliation:true",
+            "acme-remodeling:retention:true",
+            "acme-remodeling:stuck-calls:true",
+            "bayside-baths:erasure:true",
+            "bayside-baths:reconciliation:true",
+            "bayside-baths:retention:true",
+            "bayside-baths:stuck-calls:true",
+        ],
+        "{runs:?}"
+    );
+    // Reconciliation listed the call the webhook delivered: known, not ingested again.
+    let counts: Value = serde_json::from_str(&runs[1][3]).unwrap();
+    assert_eq!((counts["listed"].as_u64(), counts["known"].as_u64()), (Some(1), Some(1)), "{counts}");
+    assert_eq!(counts.get("ingested"), None, "{counts}");
 }

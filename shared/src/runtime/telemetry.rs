@@ -130,9 +130,17 @@ where
 /// Install the JSON logger for a function. Level from `RUST_LOG` (default `info`); project from
 /// `GOOGLE_CLOUD_PROJECT` (for the trace field's full name).
 pub fn init(service: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
     let layer = CloudLogging::new(service, project, || Box::new(std::io::stdout().lock()) as Box<dyn Write>);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+}
+
+/// The same lines on stderr, for operator commands whose stdout is their answer (`--json` output for scripts).
+pub fn init_stderr(service: &str) {
+    let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty());
+    let layer = CloudLogging::new(service, project, || Box::new(std::io::stderr().lock()) as Box<dyn Write>);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
 }
 
