@@ -454,3 +454,33 @@ async fn the_crm_receiver_verifies_keeps_each_lead_once_and_survives_a_restart()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn the_cleanup_schedule_fires_into_cleanup_scheduled_once_per_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = fake_callrail().await;
+    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    let t0: chrono::DateTime<chrono::Utc> = "2026-11-22T06:07:00Z".parse().unwrap();
+    assert_eq!(host.router.fire_schedules(t0).await.unwrap(), 0, "not on first sight");
+    let slot = t0 + chrono::Duration::minutes(8); // 06:15, the next */15 slot
+    assert_eq!(host.router.fire_schedules(slot).await.unwrap(), 1);
+    assert_eq!(host.router.fire_schedules(slot + chrono::Duration::minutes(1)).await.unwrap(), 0, "once per slot");
+    for _ in 0..10 {
+        if host.router.pending().await.unwrap().is_empty() {
+            break;
+        }
+        host.router.deliver_due().await;
+    }
+    let analytics = rusqlite::Connection::open(dir.path().join("analytics.sqlite")).unwrap();
+    let rows: Vec<(String, String)> = analytics
+        .prepare(
+            "SELECT job, tenant_id FROM cleanup_runs WHERE run_id = '2026-11-22T06:15:00Z' ORDER BY job, tenant_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 8, "every job for both fixture tenants: {rows:?}");
+    assert_eq!(rows[0], ("erasure".to_owned(), "acme-remodeling".to_owned()));
+}
