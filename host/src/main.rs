@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_adapters;
+mod bench_cleanup;
 mod bench_delivery;
 mod bench_stage;
 mod cleanup_ops;
@@ -98,6 +99,13 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         backlog: usize,
     },
+    /// Measure one cleanup run on the embedded backends: erasure requests, stuck calls re-driven, retention.
+    BenchCleanup {
+        #[arg(long, default_value_t = 5_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+    },
     /// Measure on-audio-uploaded's own overhead (engine excluded) on the embedded backends.
     BenchTranscribeStage {
         #[arg(long, default_value_t = 2_000)]
@@ -169,6 +177,7 @@ async fn main() -> ExitCode {
         Command::Provision => provision().await,
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
+        Command::BenchCleanup { calls, requests } => bench_cleanup::run(calls, requests).await,
         Command::BenchTranscribeStage { calls, concurrency } => bench_stage::run(calls, concurrency).await,
         Command::BenchDelivery { leads, concurrency, backlog } => {
             bench_delivery::run(leads, concurrency, backlog).await

@@ -7,7 +7,7 @@
 use callflow::domain::cleanup::{Job, JobReport, RetentionCursor, RetentionKind};
 use callflow::domain::retention::scrub;
 use callflow::domain::tenant::Tenant;
-use callflow::domain::{CallId, CallRecord, CallSource};
+use callflow::domain::{CallId, CallRecord, CallSource, CallState};
 use callflow::ports::{CallErasure, CallScan, ErasureRecord, PortResult};
 
 use crate::Service;
@@ -21,8 +21,9 @@ pub async fn run(service: &Service, tenant: &Tenant, dry_run: bool, budget: Budg
     let retention = tenant.retention.resolve(tenant.retention_days);
     let now = service.ports.clock.now();
     let state = &service.ports.state;
-    let mut items = budget.items;
     for kind in RetentionKind::ALL {
+        // Each kind walks the same calls: each gets the whole item budget.
+        let mut items = budget.items;
         let name = kind.cursor_name();
         let mut cursor = match state.job_cursor(&tenant.id, &name).await {
             Ok(stored) => RetentionCursor::parse(stored.as_deref()),
@@ -110,7 +111,16 @@ async fn retain(
             if call.source == CallSource::Form {
                 return Ok(());
             }
-            let deleted = delete_objects(service, &s.recordings_bucket, call, dry_run).await?;
+            // The stored recording is named on the call; only a call still in `received` (its fetch may have
+            // stored the object without moving the call yet) needs a listing by the naming contract.
+            let deleted = match (&call.recording_object, call.state) {
+                (Some(location), _) => {
+                    let name = location.split_once('/').map_or(location.as_str(), |(_, name)| name);
+                    delete_one(service, &s.recordings_bucket, name, dry_run).await?
+                }
+                (None, CallState::Received) => delete_objects(service, &s.recordings_bucket, call, dry_run).await?,
+                (None, _) => 0,
+            };
             if deleted == 0 && call.recording_object.is_none() {
                 return Ok(());
             }
@@ -123,7 +133,9 @@ async fn retain(
             }
         }
         RetentionKind::Transcripts => {
-            let deleted = delete_objects(service, &s.transcripts_bucket, call, dry_run).await?;
+            // One name per call, whoever wrote it (on-audio-uploaded, or on-webhook for a form's text).
+            let name = format!("{}/{}.json", call.tenant_id, call.call_id);
+            let deleted = delete_one(service, &s.transcripts_bucket, &name, dry_run).await?;
             if deleted == 0 {
                 return Ok(());
             }
@@ -156,6 +168,14 @@ async fn retain(
         }
     }
     Ok(())
+}
+
+/// Delete one object (in a dry run: see whether it is there); 1 when there was one.
+async fn delete_one(service: &Service, bucket: &str, name: &str, dry_run: bool) -> PortResult<u64> {
+    let objects = &service.ports.objects;
+    let found =
+        if dry_run { objects.head(bucket, name).await?.is_some() } else { objects.delete(bucket, name).await? };
+    Ok(u64::from(found))
 }
 
 /// Delete every object of the call in `bucket` (`{tenant}/{call}.{ext}`; whatever extension it was stored with),

@@ -24,30 +24,36 @@ async fn retention_happens_on_the_boundary_day_per_kind_of_data(h: Harness) {
     // Recordings go after 30 days, the caller's details after 90, transcripts after a year.
     let edge = h.received("acme", "CALedge", support::dana(), t0 - days(30)).await;
     h.received("acme", "CALyoung", support::dana(), t0 - days(30) + chrono::Duration::seconds(1)).await;
-    h.advance("acme", "CALedge", CallState::Analysed).await;
     for call in ["CALedge", "CALyoung"] {
         h.objects_for("acme", call).await;
+        h.stored("acme", call).await;
     }
+    h.advance("acme", "CALedge", CallState::Analysed).await;
+    // Still `received`, its recording stored but not yet named on the call (the fetch's commit is pending): found by
+    // the naming contract.
+    h.received("acme", "CALlimbo", support::dana(), t0 - days(30)).await;
+    h.put(&h.recordings(), "acme/CALlimbo.mp3", b"ID3 audio", "audio/mpeg").await;
     let (rec, tra) = (h.recordings(), h.transcripts());
 
     let dry = h.run(r#"{"jobs": ["retention"], "dry_run": true}"#).await;
     let r = dry.get(Job::Retention, "acme").unwrap();
-    assert_eq!((r.get("recordings"), r.calls.clone()), (1, vec!["CALedge".to_owned()]), "{r:?}");
+    assert_eq!((r.get("recordings"), r.calls.clone()), (2, vec!["CALedge".to_owned(), "CALlimbo".into()]), "{r:?}");
     assert!(h.exists(&rec, "acme/CALedge.mp3").await, "a dry run removes nothing");
     let (t, _) = ids("acme", "x");
     assert!(h.state.job_cursor(&t, "retention:recordings").await.unwrap().is_none(), "nor moves its cursor");
 
     let run = h.run(r#"{"jobs": ["retention"]}"#).await;
     let r = run.get(Job::Retention, "acme").unwrap();
-    assert_eq!((r.get("recordings"), r.get("transcripts"), r.get("pii"), r.complete), (1, 0, 0, true), "{r:?}");
+    assert_eq!((r.get("recordings"), r.get("transcripts"), r.get("pii"), r.complete), (2, 0, 0, true), "{r:?}");
     assert!(!h.exists(&rec, "acme/CALedge.mp3").await, "the boundary day is due");
+    assert!(!h.exists(&rec, "acme/CALlimbo.mp3").await);
     assert!(h.exists(&rec, "acme/CALyoung.mp3").await, "a second younger is not");
     assert!(h.exists(&tra, "acme/CALedge.json").await, "transcripts are kept a year");
     let kept = h.call("acme", "CALedge").await;
     assert_eq!(kept.recording_object, None);
     assert_eq!(kept.lead.customer_phone, edge.lead.customer_phone, "personal data is kept 90 days");
     let log = h.state.erasures(&t, 10).await.unwrap();
-    assert_eq!(log.len(), 1);
+    assert_eq!(log.len(), 2);
     assert_eq!((log[0].request_id.as_str(), log[0].erased.clone()), ("retention:recordings", vec!["recording".into()]));
 
     h.clock.advance(chrono::Duration::seconds(1));
@@ -58,7 +64,7 @@ async fn retention_happens_on_the_boundary_day_per_kind_of_data(h: Harness) {
     h.clock.advance(days(60) - chrono::Duration::seconds(1));
     let r = h.run(r#"{"jobs": ["retention"]}"#).await;
     let r = r.get(Job::Retention, "acme").unwrap();
-    assert_eq!((r.get("pii"), r.calls.clone()), (1, vec!["CALedge".to_owned()]), "{r:?}");
+    assert_eq!((r.get("pii"), r.calls.clone()), (2, vec!["CALedge".to_owned(), "CALlimbo".into()]), "{r:?}");
     let scrubbed = h.call("acme", "CALedge").await;
     let (phone, name) = (&scrubbed.lead.customer_phone, &scrubbed.lead.customer_name);
     assert_eq!((phone, name), (&None, &None));
@@ -70,7 +76,8 @@ async fn retention_happens_on_the_boundary_day_per_kind_of_data(h: Harness) {
     assert_eq!(analysis.findings.lead_score, 70, "what the call was about stays");
     let found = h.state.calls_by_contact(&t, Some("+15035550148"), None).await.unwrap();
     assert_eq!(found.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>(), ["CALyoung"]);
-    let pii = h.state.erasures(&t, 10).await.unwrap().into_iter().find(|e| e.request_id == "retention:pii").unwrap();
+    let log = h.state.erasures(&t, 10).await.unwrap();
+    let pii = log.into_iter().find(|e| e.request_id == "retention:pii" && e.call_id.as_str() == "CALedge").unwrap();
     assert!(pii.erased.contains(&"lead.customer_phone".to_owned()) && pii.erased.contains(&"analysis.caller".into()));
     assert!(!format!("{pii:?}").contains("5550148"), "the log names fields, not values");
 
@@ -89,8 +96,8 @@ async fn retention_is_bounded_per_run_and_resumes_where_it_stopped(h: Harness) {
     let t0 = h.now();
     for i in 0..5 {
         let call = format!("CALold{i}");
-        h.received("acme", &call, LeadDetails { answered: Some(true), ..Default::default() }, t0 - days(31)).await;
-        h.put(&h.recordings(), &format!("acme/{call}.mp3"), b"ID3", "audio/mpeg").await;
+        h.received("acme", &call, support::dana(), t0 - days(31)).await;
+        h.stored("acme", &call).await;
     }
     let mut done = vec![];
     for expected in [(2, false), (2, false), (1, true)] {

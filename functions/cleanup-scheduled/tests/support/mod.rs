@@ -329,6 +329,22 @@ impl Harness {
         assert!(self.state.finish_stage(&claim, completion).await.unwrap());
     }
 
+    /// The call's recording stored, as the fetch leaves it: `recording_stored`, the object named on the call.
+    pub async fn stored(&self, tenant: &str, call: &str) {
+        let name = format!("{tenant}/{call}.mp3");
+        self.put(&self.recordings(), &name, b"ID3 audio", "audio/mpeg").await;
+        let (t, c) = ids(tenant, call);
+        let lease = std::time::Duration::from_secs(60);
+        let Claim::Claimed(claim) = self.state.claim_stage(&t, &c, "test:stored", lease).await.unwrap() else {
+            panic!("claim")
+        };
+        let to = CallState::RecordingStored;
+        let recording_object = Some(format!("{}/{name}", self.recordings()));
+        let completion =
+            Completion { transition: Some(Transition { to, reason: None, recording_object }), ..Completion::default() };
+        assert!(self.state.finish_stage(&claim, completion).await.unwrap());
+    }
+
     pub async fn call(&self, tenant: &str, call: &str) -> CallRecord {
         let (t, c) = ids(tenant, call);
         self.state.call(&t, &c).await.unwrap().unwrap()
