@@ -399,6 +399,15 @@ async fn reconciliation_ingests_exactly_the_calls_the_webhook_missed(h: Harness)
             "CALc3d4e5f6a7b84c9d0e1f2a3b4c5d6e7f"
         ]
     );
+    let analytics = rusqlite::Connection::open(h.dir.path().join("analytics.sqlite")).unwrap();
+    let reconciled: i64 = analytics
+        .query_row(
+            "SELECT count(*) FROM stage_events WHERE event_kind = 'reconciled' AND stage = 'on-webhook'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reconciled, 3, "each ingested call's intake row says how it came");
     let voicemail = h.call("acme", "CAL0b7d7c5e9a2f4e1c8d3b6a5f4e3d2c1b").await;
     assert_eq!((voicemail.state, voicemail.lead.reconciled), (CallState::Received, Some(true)));
     let unanswered = h.call("acme", "CAL5e6f7a8b9c0d4e1f2a3b4c5d6e7f8a9b").await;
