@@ -176,6 +176,16 @@ async fn a_web_form_is_analysed_from_its_text_and_delivered_like_a_call() {
     assert!(lead["lead"]["tags"].as_array().unwrap().iter().any(|t| t == "out-of-area"), "{lead}");
 }
 
+/// A child process that is killed if the test ends early (a failed assertion must not leave a server running).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -192,12 +202,14 @@ async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
         ("CALLFLOW_TENANTS", fixture_tenants(dir.path(), &format!("{}/crm", mock.uri())).display().to_string()),
         ("CALLFLOW_CALLRAIL_API", mock.uri()),
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_callflow"))
-        .envs(vars.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_callflow"))
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -260,10 +272,10 @@ async fn the_callflow_binary_serves_routes_and_stops_cleanly() {
         rusqlite::Connection::open(&db).unwrap().query_row("SELECT lead_json FROM calls", [], |r| r.get(0)).unwrap();
     assert!(!lead.contains(&PHONE[2..]), "{lead}");
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     let stopped = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(stopped.elapsed() < Duration::from_secs(9), "did not stop on SIGTERM");
