@@ -41,7 +41,7 @@ fn slot_id(t: DateTime<Utc>) -> String {
 
 /// Read the trigger from an HTTP request's headers and body.
 pub fn read(headers: &HeaderMap, body: bytes::Bytes, now: DateTime<Utc>) -> Result<Trigger, Refused> {
-    if headers.get("x-cloudscheduler").and_then(|v| v.to_str().ok()) == Some("true") {
+    if is_scheduler(headers) {
         // Cloud Scheduler's HTTP target: the slot is in X-CloudScheduler-ScheduleTime.
         let slot = headers
             .get("x-cloudscheduler-scheduletime")
@@ -72,6 +72,10 @@ pub fn read(headers: &HeaderMap, body: bytes::Bytes, now: DateTime<Utc>) -> Resu
     Ok(Trigger { run_id: slot_id(slot), request })
 }
 
+fn is_scheduler(headers: &HeaderMap) -> bool {
+    headers.get("x-cloudscheduler").and_then(|v| v.to_str().ok()) == Some("true")
+}
+
 fn refused_event(e: &EventError, event: Option<&IncomingEvent>) -> Refused {
     let kept = event.map(|ev| {
         let data = String::from_utf8_lossy(&ev.data).chars().take(4096).collect::<String>();
@@ -83,11 +87,17 @@ fn refused_event(e: &EventError, event: Option<&IncomingEvent>) -> Refused {
 /// `POST /`.
 pub async fn handle(State(service): State<Service>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let now = service.ports.clock.now();
     let body = match read_limited(&parts.headers, body, MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        // Cloud Scheduler's HTTP call is answered; an oversize message is acknowledged and kept, as every event
+        // function does (Pub/Sub would redeliver it to no avail).
+        Err(e) if is_scheduler(&parts.headers) => return e.into_response(),
+        Err(_) => {
+            let reason = format!("event body exceeds {MAX_BODY} bytes");
+            return refuse(&service, Refused { reason, event: Some((String::new(), json!({}))) }, now).await;
+        }
     };
-    let now = service.ports.clock.now();
     let trigger = match read(&parts.headers, body, now) {
         Ok(t) => t,
         Err(refused) => return refuse(&service, refused, now).await,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use callflow::domain::callrail::{CallRailEventKind, CallRailWebhook};
@@ -135,10 +136,14 @@ async fn tenant_and_body(
 /// `POST /webhooks/callrail/{tenant}`: post-call and call-modified webhooks.
 pub async fn callrail(
     State(service): State<Service>,
-    Path(tenant_raw): Path<String>,
+    tenant_raw: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let ip = client_ip(&service, &req);
+    // A path segment that is not UTF-8 names no tenant: the same JSON 404 as any unknown tenant.
+    let Ok(Path(tenant_raw)) = tenant_raw else {
+        return logged("(not UTF-8)", ip, Err(ApiError::not_found("unknown tenant")));
+    };
     logged(&tenant_raw, ip, callrail_inner(&service, &tenant_raw, ip, req).await)
 }
 
@@ -199,10 +204,14 @@ fn form_limiter(service: &Service, tenant: &Tenant) -> Arc<governor::DefaultDire
 /// `POST /webhooks/forms/{tenant}`: web-form and direct-API leads signed with Standard Webhooks.
 pub async fn form(
     State(service): State<Service>,
-    Path(tenant_raw): Path<String>,
+    tenant_raw: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let ip = client_ip(&service, &req);
+    // A path segment that is not UTF-8 names no tenant: the same JSON 404 as any unknown tenant.
+    let Ok(Path(tenant_raw)) = tenant_raw else {
+        return logged("(not UTF-8)", ip, Err(ApiError::not_found("unknown tenant")));
+    };
     logged(&tenant_raw, ip, form_inner(&service, &tenant_raw, ip, req).await)
 }
 

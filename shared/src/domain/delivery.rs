@@ -152,8 +152,11 @@ impl RetrySchedule {
             None => Next::GiveUp(format!("gave up after {attempts} attempts over {}", human(age))),
             Some(delay) => {
                 // The last try happens at the age limit rather than never.
-                let deadline =
-                    first_failed_at + chrono::Duration::from_std(self.max_age).unwrap_or(chrono::Duration::MAX);
+                // Checked: `first_failed_at` comes from a message, and a date near the end of time must not panic.
+                let deadline = chrono::Duration::from_std(self.max_age)
+                    .ok()
+                    .and_then(|age| first_failed_at.checked_add_signed(age))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 Next::RetryAt(super::work::not_before(now, delay).min(deadline))
             }
         }

@@ -81,7 +81,8 @@ pub fn verify_standard_webhook(
         return Err(SignatureError::Missing);
     };
     let ts_num: i64 = ts.trim().parse().map_err(|_| SignatureError::Malformed)?;
-    if (now - ts_num).abs() > tolerance_secs {
+    // `abs_diff`: a timestamp near i64::MIN must be stale, not an overflow (a panic, or a wrap that passes).
+    if now.abs_diff(ts_num) > tolerance_secs.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let candidates: Vec<Vec<u8>> = sigs

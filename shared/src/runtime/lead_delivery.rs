@@ -542,7 +542,7 @@ async fn push(service: &Delivery, a: &mut Attempt<'_>, analysis: &Analysis, crm:
                 provider: provider.as_str().into(),
                 record_id: record.id.clone(),
                 created: record.created,
-                attempts: a.failed_before + 1,
+                attempts: a.failed_before.saturating_add(1),
                 review: lead.review,
                 delivered_at: p.clock.now(),
             };
@@ -559,7 +559,8 @@ async fn push(service: &Delivery, a: &mut Attempt<'_>, analysis: &Analysis, crm:
 /// A retryable failure: schedule the next push, or give up.
 async fn failed(service: &Delivery, a: &Attempt<'_>, lead: &Lead, error: VendorError) -> Outcome {
     let now = service.ports.clock.now();
-    let attempts = a.failed_before + 1;
+    // Saturating: the count comes from a message, which may say anything.
+    let attempts = a.failed_before.saturating_add(1);
     let first = a.first_failed_at.unwrap_or(now);
     match service.policy.schedule.after_failure(attempts, first, now, rand::random::<f64>(), error.retry_after()) {
         Next::RetryAt(at) => {
@@ -688,7 +689,7 @@ async fn commit(
         event_kind: Some(if a.seq == 0 { "analysis_complete" } else { "crm_retry" }),
         at: now,
         stage_duration_ms: Some(a.started.elapsed().as_secs_f64() * 1e3),
-        attempts: Some(a.failed_before + u32::from(matches!(outcome, Outcome::Delivered { .. }))),
+        attempts: Some(a.failed_before.saturating_add(u32::from(matches!(outcome, Outcome::Delivered { .. })))),
         bytes: None,
         cost_usd: None,
         reason,
