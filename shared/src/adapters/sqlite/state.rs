@@ -455,10 +455,19 @@ impl SqliteStateStore {
     }
 
     /// A state file belongs to one host process. After a crash its leases are stale: hand them back at start-up
-    /// so the interrupted work runs now rather than when the leases run out.
+    /// so the interrupted work runs now rather than when the leases run out — the outbox's, and the stages' claims
+    /// on calls (a stage killed mid-work would otherwise keep its call's claim for the trigger's timeout and a
+    /// minute, answering every redelivery `busy` until the router gave the event up).
     pub async fn release_all_leases(&self) -> PortResult<usize> {
         self.writer
-            .write(|c| c.execute("UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL", []))
+            .write(|c| {
+                let work = c.execute("UPDATE outbox SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL", [])?;
+                let claims = c.execute(
+                    "UPDATE stage_runs SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL AND done_at IS NULL",
+                    [],
+                )?;
+                Ok(work + claims)
+            })
             .await
     }
 
