@@ -4,6 +4,7 @@
 
 pub mod scheduler;
 pub mod topology;
+pub mod vendors;
 
 use std::sync::Arc;
 
@@ -70,6 +71,20 @@ impl Host {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// The host's background work, until `stop`: on-webhook's outbox (recording fetches), the router (deliveries,
+    /// retries, schedules) and the leftovers of the publish and notification outboxes.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let host = self.clone();
+        vec![
+            tokio::spawn(on_webhook::outbox::run(self.webhook.clone(), stop.clone())),
+            tokio::spawn(self.router.clone().run(stop.clone())),
+            tokio::spawn(async move { host.publish_leftovers(stop).await }),
+        ]
     }
 
     pub async fn open(all: Settings) -> anyhow::Result<Self> {

@@ -218,6 +218,12 @@ impl LocalRouter {
         self.wake.notify_one();
     }
 
+    /// Stop delivering to `name`: its events wait, as for a function never hosted, until it is hosted again.
+    /// Deliveries already under way finish. (Benchmarks run the chain one stage at a time with it.)
+    pub fn unhost(&self, name: &str) -> bool {
+        self.functions.write().expect("functions lock").remove(name).is_some()
+    }
+
     /// Triggers whose destination this process does not host: their events wait, they are not dropped.
     pub fn unhosted_triggers(&self) -> Vec<&Trigger> {
         let functions = self.functions.read().expect("functions lock");
