@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_adapters;
+mod bench_chain;
 mod bench_cleanup;
 mod bench_delivery;
 mod bench_stage;
@@ -99,6 +100,21 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         backlog: usize,
     },
+    /// Measure the whole chain on embedded defaults with the vendors faked at zero latency: CPU per call per
+    /// stage, calls/s through all six stages, end-to-end latency at a fixed rate, peak RSS.
+    BenchChain {
+        #[arg(long, default_value_t = 3_000)]
+        calls: usize,
+        /// Calls/s for the latency run.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections of the load generator in the stage-by-stage and throughput runs.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Measure one cleanup run on the embedded backends: erasure requests, stuck calls re-driven, retention.
     BenchCleanup {
         #[arg(long, default_value_t = 5_000)]
@@ -177,6 +193,9 @@ async fn main() -> ExitCode {
         Command::Provision => provision().await,
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
+        Command::BenchChain { calls, rate, seconds, concurrency } => {
+            bench_chain::run(calls, rate, seconds, concurrency).await
+        }
         Command::BenchCleanup { calls, requests } => bench_cleanup::run(calls, requests).await,
         Command::BenchTranscribeStage { calls, concurrency } => bench_stage::run(calls, concurrency).await,
         Command::BenchDelivery { leads, concurrency, backlog } => {
@@ -221,15 +240,9 @@ async fn crm_receiver(
 }
 
 async fn serve_all() -> anyhow::Result<()> {
-    let host = callflow_host::Host::open(callflow_host::Settings::from_env()?).await?;
+    let host = std::sync::Arc::new(callflow_host::Host::open(callflow_host::Settings::from_env()?).await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let outbox = tokio::spawn(on_webhook::outbox::run(host.webhook.clone(), stop_rx.clone()));
-    let router = tokio::spawn(host.router.clone().run(stop_rx.clone()));
-    let host = std::sync::Arc::new(host);
-    let leftovers = tokio::spawn({
-        let host = host.clone();
-        async move { host.publish_leftovers(stop_rx).await }
-    });
+    let workers = host.spawn_workers(stop_rx);
     let shutdown = async move {
         serve::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -237,7 +250,7 @@ async fn serve_all() -> anyhow::Result<()> {
     let drain = host.settings.drain;
     serve::serve(on_webhook::app(host.webhook.clone()), host.settings.port, shutdown, drain).await?;
     let _ = tokio::time::timeout(drain, async {
-        let _ = tokio::join!(outbox, router, leftovers);
+        futures::future::join_all(workers).await;
     })
     .await;
     Ok(())
