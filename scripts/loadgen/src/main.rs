@@ -3,7 +3,7 @@
 //!
 //!   loadgen max  URL KEY BODY_FILE CONNECTIONS SECONDS        closed loop: how many per second at most
 //!   loadgen rate URL KEY BODY_FILE CONNECTIONS SECONDS RATE   open loop at a fixed rate: latency percentiles
-//!   loadgen cold URL KEY BODY_FILE EXE                          exec EXE, ms until its first 200, then stop it
+//!   loadgen cold URL KEY BODY_FILE EXE [ARG…]                 exec EXE [ARG…], ms until its first 200, then stop it
 //!
 //! Latency in rate mode is measured from when a request was *scheduled*, not when it was sent, so a stalled
 //! server shows up in the percentiles instead of silently lowering the offered load.
@@ -152,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             // Cold start: from exec to the first accepted webhook (not just a listening socket).
             let started = Instant::now();
             let mut child = std::process::Command::new(arg(5)?)
+                .args(&args[6..])
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .context("exec the function")?;
