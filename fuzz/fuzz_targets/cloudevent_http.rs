@@ -9,9 +9,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use callflow::runtime::cloudevent::{
-    EventError, EventMode, IncomingEvent, PUBSUB_PUBLISHED, STORAGE_FINALIZED,
-};
+use callflow::runtime::cloudevent::{EventError, EventMode, IncomingEvent, PUBSUB_PUBLISHED, STORAGE_FINALIZED};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -50,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
         // The signature covers exactly `id.timestamp.body` as sent; only a canonical timestamp can match ours.
         if ts == ts_num.to_string() {
             let ours = sign_standard_webhook(key, id, ts_num, body);
-            assert!(sig.as_deref().unwrap().split_whitespace().any(|s| s == ours), "accepted a signature we did not make");
+            assert!(
+                sig.as_deref().unwrap().split_whitespace().any(|s| s == ours),
+                "accepted a signature we did not make"
+            );
         }
     }
     // A signature made now verifies; the same one an hour later is stale.
