@@ -106,7 +106,7 @@ enum Command {
         #[arg(long, default_value_t = 3_000)]
         calls: usize,
         /// Calls/s for the latency run.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 100)]
         rate: u32,
         /// Seconds of the latency run.
         #[arg(long, default_value_t = 10)]
