@@ -32,9 +32,6 @@ use crate::bench_stage::peak_rss_mb;
 
 const TENANT: &str = "acme-remodeling";
 const ACCOUNT: &str = "ACC8154748ae6bd4e278a7cddd38a662f4f";
-/// The functions the router delivers to; on-webhook is the host's HTTP endpoint.
-const ROUTED: [&str; 5] = ["on-audio-uploaded", "on-transcript", "on-analysis", "on-crm-retry", "cleanup-scheduled"];
-
 /// CPU seconds per thread name of this process, from /proc/self/task (clock ticks of 10 ms).
 fn cpu_by_thread() -> HashMap<String, f64> {
     let mut out = HashMap::new();
@@ -180,19 +177,6 @@ impl Bench {
             .collect()
     }
 
-    fn host_all(&self) {
-        let h = &self.host;
-        h.router.host(
-            "on-audio-uploaded",
-            on_audio_uploaded::app(h.audio.clone()),
-            callflow_host::DELIVERY_CONCURRENCY,
-        );
-        h.router.host("on-transcript", on_transcript::app(h.transcript.clone()), callflow_host::DELIVERY_CONCURRENCY);
-        h.router.host("on-analysis", on_analysis::app(h.delivery.clone()), callflow_host::DELIVERY_CONCURRENCY);
-        h.router.host("on-crm-retry", on_crm_retry::app(h.delivery.clone()), callflow_host::DELIVERY_CONCURRENCY);
-        h.router.host("cleanup-scheduled", cleanup_scheduled::app(h.cleanup.clone()), 1);
-    }
-
     /// Every one of `calls` in its right terminal state, and one lead at the CRM for each lead call.
     async fn check(&self, calls: &[String]) -> anyhow::Result<()> {
         let tenant = TenantId::parse(TENANT)?;
@@ -291,7 +275,7 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     println!("bench-chain: embedded defaults (SQLite fsync on), vendors faked at zero latency over loopback HTTP");
     println!("1. stage by stage: {calls} calls, each stage running the whole backlog alone");
     b.vendors.fail_first_crm_push_every(50);
-    for name in ROUTED {
+    for name in Host::ROUTED {
         b.host.router.unhost(name);
     }
     let all = b.calls(calls);
@@ -320,17 +304,8 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     .await;
     phase("on-webhook (intake, recording fetch)", cpu0, t0, n);
 
-    let stage = |name: &'static str| {
-        let h = &b.host;
-        match name {
-            "on-audio-uploaded" => h.router.host(name, on_audio_uploaded::app(h.audio.clone()), 8),
-            "on-transcript" => h.router.host(name, on_transcript::app(h.transcript.clone()), 8),
-            "on-analysis" => h.router.host(name, on_analysis::app(h.delivery.clone()), 8),
-            _ => h.router.host(name, on_crm_retry::app(h.delivery.clone()), 8),
-        }
-    };
     let (cpu0, t0) = (callflow_cpu(), Instant::now());
-    stage("on-audio-uploaded");
+    b.host.mount("on-audio-uploaded");
     until(
         "transcription",
         limit,
@@ -342,7 +317,7 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     b.host.router.unhost("on-audio-uploaded");
 
     let (cpu0, t0) = (callflow_cpu(), Instant::now());
-    stage("on-transcript");
+    b.host.mount("on-transcript");
     until(
         "analysis",
         limit,
@@ -354,7 +329,7 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     b.host.router.unhost("on-transcript");
 
     let (cpu0, t0) = (callflow_cpu(), Instant::now());
-    stage("on-analysis");
+    b.host.mount("on-analysis");
     let vendors = b.vendors.clone();
     let leads_sent = sent_ids.iter().filter(|id| vendors::script_of(id) != "spam").count();
     until(
@@ -369,7 +344,7 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     b.host.router.unhost("on-analysis");
 
     let (cpu0, t0) = (callflow_cpu(), Instant::now());
-    stage("on-crm-retry");
+    b.host.mount("on-crm-retry");
     until(
         "the retried pushes",
         limit,
@@ -406,7 +381,9 @@ pub async fn run(calls: usize, rate: u32, seconds: u64, concurrency: usize) -> a
     // Then everything runs, and the reconciled calls go the whole way.
     let (_outbox_stop_tx, outbox_stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(on_webhook::outbox::run(b.host.webhook.clone(), outbox_stop_rx));
-    b.host_all();
+    for name in Host::ROUTED {
+        b.host.mount(name);
+    }
     until("the reconciled calls", limit, || true, || async { count(state.as_ref(), &TERMINAL).await == calls }).await;
     b.check(&ids).await?;
 

@@ -95,23 +95,40 @@ impl Host {
         let router = embedded.router.clone();
         let webhook = on_webhook::Service::with_embedded(&embedded, &settings).await?;
         let audio = on_audio_uploaded::Service::with_embedded(&embedded, &all.audio);
-        // Trigger destinations, one line each, as their stages land.
         let transcript = on_transcript::Service::with_embedded(&embedded, &all.transcript);
-        router.host("on-audio-uploaded", on_audio_uploaded::app(audio.clone()), DELIVERY_CONCURRENCY);
-        router.host("on-transcript", on_transcript::app(transcript.clone()), DELIVERY_CONCURRENCY);
         let delivery = callflow::runtime::lead_delivery::Delivery::with_embedded(&embedded, all.delivery.policy);
-        router.host("on-analysis", on_analysis::app(delivery.clone()), DELIVERY_CONCURRENCY);
-        router.host("on-crm-retry", on_crm_retry::app(delivery.clone()), DELIVERY_CONCURRENCY);
         let cleanup = cleanup_scheduled::Service::with_embedded(&embedded, &all.cleanup)?;
-        // One run at a time: a run that outlasts its slot is not overlapped by the next.
-        router.host("cleanup-scheduled", cleanup_scheduled::app(cleanup.clone()), 1);
-        for t in router.unhosted_triggers() {
+        let host = Self { embedded, router, webhook, audio, transcript, delivery, cleanup, settings };
+        for name in Self::ROUTED {
+            host.mount(name);
+        }
+        for t in host.router.unhosted_triggers() {
             tracing::info!(
                 trigger = %t.name,
                 destination = %t.destination,
                 "no function for this trigger in this host yet; its events are kept until one is hosted"
             );
         }
-        Ok(Self { embedded, router, webhook, audio, transcript, delivery, cleanup, settings })
+        Ok(host)
+    }
+
+    /// The functions the router delivers to (on-webhook is the host's HTTP endpoint).
+    pub const ROUTED: [&'static str; 5] =
+        ["on-audio-uploaded", "on-transcript", "on-analysis", "on-crm-retry", "cleanup-scheduled"];
+
+    /// Host the function `name` on the router (again, after `LocalRouter::unhost`); false for a name not in
+    /// `ROUTED`.
+    pub fn mount(&self, name: &str) -> bool {
+        let (app, concurrency) = match name {
+            "on-audio-uploaded" => (on_audio_uploaded::app(self.audio.clone()), DELIVERY_CONCURRENCY),
+            "on-transcript" => (on_transcript::app(self.transcript.clone()), DELIVERY_CONCURRENCY),
+            "on-analysis" => (on_analysis::app(self.delivery.clone()), DELIVERY_CONCURRENCY),
+            "on-crm-retry" => (on_crm_retry::app(self.delivery.clone()), DELIVERY_CONCURRENCY),
+            // One run at a time: a run that outlasts its slot is not overlapped by the next.
+            "cleanup-scheduled" => (cleanup_scheduled::app(self.cleanup.clone()), 1),
+            _ => return false,
+        };
+        self.router.host(name, app, concurrency);
+        true
     }
 }

@@ -20,9 +20,9 @@
 //! Skipped without emulators, unless CALLFLOW_EMULATORS=required (scripts/test), where their absence fails it.
 
 mod common;
+mod emulated;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use callflow::domain::signature::sign_callrail;
 use callflow::domain::{CallId, CallState, TenantId};
 use callflow::ports::{ObjectStore, StateStore};
 use common::{fixture_tenants, repo};
+use emulated::{Process, emulators_present, free_port, sibling_binary};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -42,43 +43,6 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
 const FIXTURE_CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
 const PROJECT: &str = "callflow-emulators";
-
-fn emulators_present() -> bool {
-    let vars = ["SPANNER_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"];
-    let missing: Vec<&str> =
-        vars.into_iter().filter(|v| std::env::var(v).ok().filter(|h| !h.is_empty()).is_none()).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CALLFLOW_EMULATORS").as_deref() != Ok("required"),
-        "CALLFLOW_EMULATORS=required but {} not set: run scripts/emulators start",
-        missing.join(", ")
-    );
-    eprintln!("skipped: no emulators (eval \"$(scripts/emulators env)\" after scripts/emulators start)");
-    false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The binary of another workspace package, built beside this one by `cargo test --workspace`.
-fn sibling_binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_callflow")).with_file_name(name);
-    assert!(path.exists(), "{} is not built: run cargo build --workspace (or cargo test --workspace)", path.display());
-    path
-}
 
 #[derive(Clone, Default)]
 struct Inbox(Arc<Mutex<Vec<(HeaderMap, Value)>>>);

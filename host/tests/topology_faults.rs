@@ -23,10 +23,11 @@
 
 mod chain;
 mod common;
+mod emulated;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ use callflow::ports::StateStore;
 use callflow_host::vendors::{self, Mode, Vendor, Vendors};
 use chain::{ACME, expected_state, is_lead};
 use common::repo;
+use emulated::{Process, emulators_present, free_port, sibling_binary};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -55,43 +57,6 @@ const ATTEMPTS: u32 = 100;
 /// The seed of the kills and the storm: `CALLFLOW_FAULTS_SEED` to replay a run, else a fixed one.
 fn seed() -> u64 {
     std::env::var("CALLFLOW_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x0009_70f0)
-}
-
-fn emulators_present() -> bool {
-    let vars = ["SPANNER_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"];
-    let missing: Vec<&str> =
-        vars.into_iter().filter(|v| std::env::var(v).ok().filter(|h| !h.is_empty()).is_none()).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CALLFLOW_EMULATORS").as_deref() != Ok("required"),
-        "CALLFLOW_EMULATORS=required but {} not set: run scripts/emulators start",
-        missing.join(", ")
-    );
-    eprintln!("skipped: no emulators (eval \"$(scripts/emulators env)\" after scripts/emulators start)");
-    false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The binary of another workspace package, built beside this one by `cargo test --workspace`.
-fn sibling_binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_callflow")).with_file_name(name);
-    assert!(path.exists(), "{} is not built: run cargo build --workspace (or cargo test --workspace)", path.display());
-    path
 }
 
 fn emulator(var: &str) -> String {
