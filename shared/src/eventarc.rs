@@ -119,7 +119,33 @@ impl Triggers {
     pub fn topic(&self, role: &str) -> Option<&str> {
         self.topics.get(role).map(String::as_str)
     }
+
+    /// Whether the environment names its resources after the project (`${project}` in environments.toml, as the
+    /// `gcp` environment does, so that one file serves every project).
+    pub fn needs_project(&self) -> bool {
+        let mut names = self.buckets.values().chain(self.topics.values()).chain(std::iter::once(&self.project));
+        names.any(|n| n.contains(PROJECT_PLACEHOLDER))
+    }
+
+    /// Every `${project}` in the environment's names replaced by `project` (Cloud Run gives each function
+    /// `GOOGLE_CLOUD_PROJECT` through terraform; see `runtime::config`).
+    pub fn bind_project(mut self, project: &str) -> Self {
+        let bind = |s: &mut String| *s = s.replace(PROJECT_PLACEHOLDER, project);
+        bind(&mut self.project);
+        self.buckets.values_mut().chain(self.topics.values_mut()).for_each(bind);
+        for t in &mut self.triggers {
+            match &mut t.source {
+                Source::Bucket(b) | Source::Topic(b) => bind(b),
+            }
+            bind(&mut t.retry.dead_letter_topic);
+        }
+        self.schedules.iter_mut().for_each(|s| bind(&mut s.topic));
+        self
+    }
 }
+
+/// What environments.toml writes where the project's id belongs.
+pub const PROJECT_PLACEHOLDER: &str = "${project}";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefinitionError {
@@ -407,6 +433,22 @@ mod tests {
 
     const TRIGGERS: &str = include_str!("../../eventarc/triggers.toml");
     const ENVS: &str = include_str!("../../eventarc/environments.toml");
+
+    #[test]
+    fn the_gcp_environment_is_bound_to_the_project() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../eventarc");
+        let gcp = load(&dir, "gcp").unwrap();
+        assert!(gcp.needs_project());
+        let bound = gcp.bind_project("acme-prod");
+        assert!(!bound.needs_project());
+        assert_eq!(bound.project, "acme-prod");
+        assert_eq!(bound.bucket("recordings"), Some("acme-prod-callflow-recordings"));
+        let t = bound.get("recording-finalized").unwrap();
+        assert_eq!(t.source, Source::Bucket("acme-prod-callflow-recordings".into()));
+        assert!(!t.retry.dead_letter_topic.contains('$'));
+        assert!(bound.schedules.iter().all(|s| !s.topic.contains('$')));
+        assert!(!load(&dir, "embedded").unwrap().needs_project());
+    }
 
     #[test]
     fn the_repos_definitions_load_in_every_environment() {

@@ -40,7 +40,16 @@ impl Common {
     pub fn from_lookup(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let eventarc_dir: PathBuf = parse("CALLFLOW_EVENTARC", var("CALLFLOW_EVENTARC"), PathBuf::from("eventarc"))?;
         let environment: String = parse("CALLFLOW_ENVIRONMENT", var("CALLFLOW_ENVIRONMENT"), "embedded".to_owned())?;
-        let triggers = crate::eventarc::load(&eventarc_dir, &environment)?;
+        let mut triggers = crate::eventarc::load(&eventarc_dir, &environment)?;
+        if triggers.needs_project() {
+            let project = var("GOOGLE_CLOUD_PROJECT").filter(|p| !p.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "environment {environment:?} names its buckets and topics after the project: set \
+                     GOOGLE_CLOUD_PROJECT"
+                )
+            })?;
+            triggers = triggers.bind_project(&project);
+        }
         Ok(Self {
             port: parse("PORT", var("PORT"), 8080)?,
             data_dir: parse("CALLFLOW_DATA_DIR", var("CALLFLOW_DATA_DIR"), PathBuf::from(".data"))?,
@@ -66,5 +75,32 @@ impl Common {
         self.triggers.bucket(role).map(str::to_owned).ok_or_else(|| {
             anyhow::anyhow!("environment {:?} binds no bucket to the role {role:?}", self.triggers.environment)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn on_google_cloud_the_names_are_the_projects() {
+        let eventarc = concat!(env!("CARGO_MANIFEST_DIR"), "/../eventarc");
+        let base = [
+            ("CALLFLOW_EVENTARC", eventarc),
+            ("CALLFLOW_ENVIRONMENT", "gcp"),
+            ("CALLFLOW_SPANNER_DATABASE", "projects/acme/instances/i/databases/d"),
+        ];
+        let missing = Common::from_lookup(&lookup(&base)).unwrap_err().to_string();
+        assert!(missing.contains("set GOOGLE_CLOUD_PROJECT"), "{missing}");
+        let mut vars = base.to_vec();
+        vars.push(("GOOGLE_CLOUD_PROJECT", "acme"));
+        let common = Common::from_lookup(&lookup(&vars)).unwrap();
+        assert_eq!(common.bucket("transcripts").unwrap(), "acme-callflow-transcripts");
+        assert_eq!(common.triggers.project, "acme");
     }
 }
