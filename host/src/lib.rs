@@ -3,6 +3,7 @@
 //! Each function still builds and runs alone as its own binary for Cloud Run.
 
 pub mod scheduler;
+pub mod terraform;
 pub mod topology;
 pub mod vendors;
 

@@ -129,6 +129,11 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// terraform/generated.tf.json from eventarc/ and shared/schemas/ (the deployment's single sources of truth).
+    Terraform {
+        #[command(subcommand)]
+        action: TerraformAction,
+    },
     /// Measure the router: deliveries/s through a no-op function, CPU and latency per delivery.
     BenchRouter {
         #[arg(long, default_value_t = 20_000)]
@@ -138,6 +143,15 @@ enum Command {
         /// Publish rate (events/s) for the latency run.
         #[arg(long, default_value_t = 2_000)]
         rate: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TerraformAction {
+    /// Write terraform/generated.tf.json; with --check, only say whether the committed file is current.
+    Generate {
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -191,6 +205,7 @@ async fn main() -> ExitCode {
         Command::Cleanup { action } => cleanup_ops::cleanup(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
         Command::Provision => provision().await,
+        Command::Terraform { action: TerraformAction::Generate { check } } => terraform_generate(check),
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
         Command::BenchChain { calls, rate, seconds, concurrency } => {
@@ -296,6 +311,26 @@ async fn transcribe(file: std::path::PathBuf, tenant: String) -> anyhow::Result<
         transcript.duration_secs,
         took * 60.0 / transcript.duration_secs.max(0.001)
     );
+    Ok(())
+}
+
+/// Run from the repo's root, like the scripts.
+fn terraform_generate(check: bool) -> anyhow::Result<()> {
+    use callflow_host::terraform::{GENERATED, generate};
+    let text = generate(std::path::Path::new("."))?;
+    let current = std::fs::read_to_string(GENERATED).unwrap_or_default();
+    if check {
+        anyhow::ensure!(
+            current == text,
+            "{GENERATED} differs from eventarc/ and shared/schemas/: run `callflow terraform generate`"
+        );
+        println!("{GENERATED} is current");
+    } else if current == text {
+        println!("{GENERATED} unchanged");
+    } else {
+        std::fs::write(GENERATED, text)?;
+        println!("wrote {GENERATED}");
+    }
     Ok(())
 }
 
