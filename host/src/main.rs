@@ -13,6 +13,7 @@ mod bench_delivery;
 mod bench_stage;
 mod cleanup_ops;
 mod receiver;
+mod sign;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]
@@ -129,6 +130,12 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Print a curl command that sends BODY signed with the tenant's active key, as CallRail (or the tenant's form
+    /// sender) signs it: an onboarding check of the tenant's configuration end to end.
+    Sign(sign::SignArgs),
+    /// Check a captured webhook (raw HTTP, or a body and its headers) against the tenant's keys: which key signed
+    /// it, or why none did. Exits 1 when the signature is not valid.
+    Verify(sign::VerifyArgs),
     /// terraform/generated.tf.json from eventarc/ and shared/schemas/ (the deployment's single sources of truth).
     Terraform {
         #[command(subcommand)]
@@ -205,6 +212,12 @@ async fn main() -> ExitCode {
         Command::Cleanup { action } => cleanup_ops::cleanup(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
         Command::Provision => provision().await,
+        Command::Sign(args) => sign::run_sign(args).await,
+        Command::Verify(args) => match sign::run_verify(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Terraform { action: TerraformAction::Generate { check } } => terraform_generate(check),
         Command::Transcribe { file, tenant } => transcribe(file, tenant).await,
         Command::BenchAdapters { iterations } => bench_adapters::run(iterations).await,
