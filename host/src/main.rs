@@ -11,6 +11,7 @@ mod bench_chain;
 mod bench_cleanup;
 mod bench_delivery;
 mod bench_stage;
+mod calls;
 mod cleanup_ops;
 mod receiver;
 mod sign;
@@ -130,6 +131,11 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Calls: one call's whole path (state, objects, analysis, CRM delivery, dead letters).
+    Calls {
+        #[command(subcommand)]
+        action: calls::CallsAction,
+    },
     /// Print a curl command that sends BODY signed with the tenant's active key, as CallRail (or the tenant's form
     /// sender) signs it: an onboarding check of the tenant's configuration end to end.
     Sign(sign::SignArgs),
@@ -213,6 +219,7 @@ async fn main() -> ExitCode {
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
         Command::Provision => provision().await,
         Command::Sign(args) => sign::run_sign(args).await,
+        Command::Calls { action } => calls::run(action).await,
         Command::Verify(args) => match sign::run_verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
