@@ -13,6 +13,7 @@ mod bench_delivery;
 mod bench_stage;
 mod calls;
 mod cleanup_ops;
+mod dead_letters;
 mod receiver;
 mod sign;
 
@@ -40,7 +41,7 @@ enum Command {
     /// Events the router gave up on, and work the functions dead-lettered.
     DeadLetters {
         #[command(subcommand)]
-        action: DeadLetterAction,
+        action: dead_letters::DeadLetterAction,
     },
     /// Measure each port's main operations: embedded adapter beside its Google Cloud adapter on the emulators.
     BenchAdapters {
@@ -168,37 +169,6 @@ enum TerraformAction {
     },
 }
 
-#[derive(Subcommand)]
-enum DeadLetterAction {
-    /// List dead letters (router events and function work items).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Deliver dead-lettered events again, with a fresh attempt budget.
-    Replay {
-        /// Dead letter ids (from `list`); repeat for several.
-        #[arg(long = "id")]
-        ids: Vec<i64>,
-        /// Replay every dead-lettered event.
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
-    /// Push leads the CRM refused again once the tenant has fixed their CRM (dead letters of kind `crm`): each
-    /// call goes back to `analysed` and a fresh retry chain starts. A running host delivers them within a second.
-    ReplayLeads {
-        /// Dead letter ids (the `id` column of `list`); repeat for several.
-        #[arg(long = "id")]
-        ids: Vec<String>,
-        /// Every CRM dead letter of this tenant not yet replayed.
-        #[arg(long, conflicts_with = "ids")]
-        tenant: Option<String>,
-        /// Every CRM dead letter not yet replayed.
-        #[arg(long, conflicts_with_all = ["ids", "tenant"])]
-        all: bool,
-    },
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -213,7 +183,7 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
-        Command::DeadLetters { action } => dead_letters(action).await,
+        Command::DeadLetters { action } => dead_letters::run(action).await,
         Command::Erasure { action } => cleanup_ops::erasure(action).await,
         Command::Cleanup { action } => cleanup_ops::cleanup(action).await,
         Command::BenchRouter { events, concurrency, rate } => bench::run(events, concurrency, rate).await,
@@ -419,96 +389,4 @@ async fn watch_storage(interval_ms: u64, deliver: Vec<(String, String)>) -> anyh
     let _ = stop_tx.send(true);
     let _ = tokio::join!(polling, delivering);
     Ok(())
-}
-
-async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
-    let settings = on_webhook::Settings::from_env()?;
-    let router = callflow::adapters::local_router::LocalRouter::open(
-        &settings.data_dir.join("router.sqlite"),
-        settings.triggers.clone(),
-        settings.durability,
-    )?;
-    match action {
-        DeadLetterAction::List { json } => {
-            let events = router.dead_letters().await?;
-            let state = callflow::adapters::sqlite::SqliteStateStore::open(
-                &settings.data_dir.join("state.sqlite"),
-                settings.durability,
-            )?;
-            let work = callflow::ports::StateStore::dead_letters(&state, None, 100_000).await?;
-            if json {
-                let work: Vec<_> = work
-                    .iter()
-                    .map(|w| {
-                        serde_json::json!({
-                            "id": w.id, "replayed_at": w.replayed_at, "tenant_id": w.tenant_id, "call_id": w.call_id, "kind": w.kind, "payload": w.payload,
-                            "attempts": w.attempts, "reason": w.reason, "created_at": w.created_at,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "events": events, "work": work }));
-                return Ok(());
-            }
-            println!("router events ({}):", events.len());
-            for e in &events {
-                let subject = e.ce_subject.as_deref().unwrap_or("-");
-                println!(
-                    "  #{:<5} {:<22} → {:<18} {subject}  attempts={} status={} at {}\n         {}",
-                    e.id,
-                    e.trigger,
-                    e.destination,
-                    e.attempts,
-                    e.last_status.map_or("-".to_owned(), |s| s.to_string()),
-                    e.dead_lettered_at,
-                    e.reason
-                );
-            }
-            println!("function work and refused events ({}):", work.len());
-            for w in &work {
-                let replayed = w.replayed_at.map(|t| format!(" (replayed {t})")).unwrap_or_default();
-                println!(
-                    "  #{:<5} {} {} {} attempts={}{replayed}: {}",
-                    w.id, w.tenant_id, w.call_id, w.kind, w.attempts, w.reason
-                );
-            }
-            Ok(())
-        }
-        DeadLetterAction::Replay { ids, all } => {
-            if ids.is_empty() && !all {
-                anyhow::bail!("name dead letters with --id N (repeatable) or use --all");
-            }
-            let n = router.replay(if all { None } else { Some(ids) }).await?;
-            println!("replayed {n} event(s); a running host delivers them now");
-            Ok(())
-        }
-        DeadLetterAction::ReplayLeads { ids, tenant, all } => {
-            if ids.is_empty() && tenant.is_none() && !all {
-                anyhow::bail!("name dead letters with --id ID (repeatable), --tenant TENANT or --all");
-            }
-            let policy = on_analysis::Settings::from_env()?.policy;
-            let state = callflow::adapters::sqlite::SqliteStateStore::open(
-                &settings.data_dir.join("state.sqlite"),
-                settings.durability,
-            )?;
-            let letters = callflow::ports::StateStore::dead_letters(&state, tenant.as_deref(), 100_000).await?;
-            let chosen: Vec<_> = letters
-                .iter()
-                .filter(|d| d.kind == "crm" && d.replayed_at.is_none())
-                .filter(|d| ids.is_empty() || ids.contains(&d.id))
-                .collect();
-            if let Some(missing) = ids.iter().find(|id| !chosen.iter().any(|d| &d.id == *id)) {
-                anyhow::bail!("no CRM dead letter {missing} waiting for a replay (see `dead-letters list`)");
-            }
-            let mut replayed = 0;
-            for letter in chosen {
-                let now = chrono::Utc::now();
-                if callflow::runtime::lead_delivery::replay(&state, &policy, letter, now).await? {
-                    println!("  #{} {} {}: replaying", letter.id, letter.tenant_id, letter.call_id);
-                    replayed += 1;
-                }
-            }
-            println!("replayed {replayed} lead(s); a running host pushes them now");
-            Ok(())
-        }
-    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use callflow::domain::signature::sign_callrail;
 use callflow::domain::{CallId, CallState, TenantId};
 use callflow::ports::StateStore;
-use callflow_host::vendors::{self, Vendors};
+use callflow_host::vendors::{self, Mode, Vendor, Vendors};
 use callflow_host::{Host, Settings};
 use chain::{ACME, is_lead, until};
 use serde_json::Value;
@@ -26,8 +26,17 @@ fn cli(vars: &[(String, String)], args: &[&str]) -> Output {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivered_calls_whole_path_is_shown_with_the_caller_masked() {
+/// The host against the fakes, serving the public endpoint, with its workers running.
+struct Running {
+    _dir: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+    vendors: Arc<Vendors>,
+    host: Arc<Host>,
+    url: String,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn start() -> Running {
     let vendors = Vendors::new();
     let vendor_url = vendors::serve(vendors.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -37,37 +46,55 @@ async fn a_delivered_calls_whole_path_is_shown_with_the_caller_masked() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, on_webhook::app(host.webhook.clone())).into_future());
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     drop(host.spawn_workers(stop_rx));
+    Running { _dir: dir, vars, vendors, host, url, _stop: stop }
+}
 
-    let id = (0..).map(|n| chain::call_id(0x0c11, n)).find(|id| is_lead(id)).unwrap();
-    let body = chain::post_call(&id, 7);
-    let phone = body["customer_phone_number"].as_str().unwrap().to_owned();
-    let body = body.to_string();
-    let status = reqwest::Client::new()
-        .post(format!("{url}/webhooks/callrail/{ACME}"))
-        .header("content-type", "application/json")
-        .header("signature", sign_callrail(&chain::callrail_key(), body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
-    let tenant = TenantId::parse(ACME).unwrap();
-    let call = CallId::parse(&id).unwrap();
-    until("the call is delivered", Duration::from_secs(60), || {
-        let (host, tenant, call) = (host.clone(), tenant.clone(), call.clone());
-        async move {
-            match host.embedded.state.call(&tenant, &call).await.unwrap() {
-                Some(c) if c.state == CallState::Delivered => Ok(()),
-                other => Err(format!("{:?}", other.map(|c| c.state))),
+impl Running {
+    /// A new lead call (its script at the fakes is a lead's), sent once; its id and the caller's number.
+    async fn send_lead(&self, tag: u16) -> (String, String) {
+        let id = (0..).map(|n| chain::call_id(tag, n)).find(|id| is_lead(id)).unwrap();
+        let body = chain::post_call(&id, 7);
+        let phone = body["customer_phone_number"].as_str().unwrap().to_owned();
+        let body = body.to_string();
+        let status = reqwest::Client::new()
+            .post(format!("{}/webhooks/callrail/{ACME}", self.url))
+            .header("content-type", "application/json")
+            .header("signature", sign_callrail(&chain::callrail_key(), body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        (id, phone)
+    }
+
+    async fn until_state(&self, id: &str, want: CallState) {
+        let tenant = TenantId::parse(ACME).unwrap();
+        let call = CallId::parse(id).unwrap();
+        until(&format!("{id} is {want}"), Duration::from_secs(60), || {
+            let (host, tenant, call) = (self.host.clone(), tenant.clone(), call.clone());
+            async move {
+                match host.embedded.state.call(&tenant, &call).await.unwrap() {
+                    Some(c) if c.state == want => Ok(()),
+                    other => Err(format!("{:?}", other.map(|c| c.state))),
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
+}
 
-    let out = cli(&vars, &["calls", "show", "--tenant", ACME, &id, "--json"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_calls_whole_path_is_shown_with_the_caller_masked() {
+    let r = start().await;
+    let vars = &r.vars;
+    let (id, phone) = r.send_lead(0x0c11).await;
+    r.until_state(&id, CallState::Delivered).await;
+
+    let out = cli(vars, &["calls", "show", "--tenant", ACME, &id, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let doc: Value = serde_json::from_str(&stdout).unwrap();
@@ -83,18 +110,59 @@ async fn a_delivered_calls_whole_path_is_shown_with_the_caller_masked() {
     assert_eq!(doc["dead_letters"], serde_json::json!([]));
     // The caller's number is masked by default, and only there when asked for.
     assert!(!stdout.contains(&phone), "the caller's phone is in the output: {stdout}");
-    let revealed = cli(&vars, &["calls", "show", "--tenant", ACME, &id, "--json", "--reveal"]);
+    let revealed = cli(vars, &["calls", "show", "--tenant", ACME, &id, "--json", "--reveal"]);
     assert!(String::from_utf8_lossy(&revealed.stdout).contains(&phone));
 
-    let text = cli(&vars, &["calls", "show", "--tenant", ACME, &id]);
+    let text = cli(vars, &["calls", "show", "--tenant", ACME, &id]);
     let text = String::from_utf8_lossy(&text.stdout);
     for line in ["state        delivered", "analysis     intent new_lead", "CRM          webhook record"] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
 
-    let missing = cli(&vars, &["calls", "show", "--tenant", ACME, "CALffffffffffffffffffffffffffffffff"]);
+    let missing = cli(vars, &["calls", "show", "--tenant", ACME, "CALffffffffffffffffffffffffffffffff"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("has no call CALffffffffffffffffffffffffffffffff"));
-    let stranger = cli(&vars, &["calls", "show", "--tenant", "nobody", &id]);
+    let stranger = cli(vars, &["calls", "show", "--tenant", "nobody", &id]);
     assert!(String::from_utf8_lossy(&stranger.stderr).contains("no tenant \"nobody\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_the_crm_refused_is_listed_inspected_and_replayed_once_it_is_fixed() {
+    let r = start().await;
+    let vars = &r.vars;
+    // A validation error is permanent: the lead is dead-lettered at once, kind `crm`.
+    r.vendors.set(Vendor::Crm, Mode::Fail { status: 400, retry_after: None });
+    let (id, _) = r.send_lead(0x0c12).await;
+    r.until_state(&id, CallState::DeadLettered).await;
+
+    let out = cli(vars, &["dead-letters", "list", "--tenant", ACME, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let letter = listed["work"].as_array().unwrap().iter().find(|w| w["call_id"] == id.as_str()).unwrap().clone();
+    assert_eq!(letter["kind"], "crm");
+    let letter_id = letter["id"].as_str().unwrap().to_owned();
+
+    let out = cli(vars, &["dead-letters", "inspect", "--id", &letter_id, "--json"]);
+    let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspected["call_id"], id.as_str());
+    assert!(inspected["reason"].as_str().unwrap().contains("400"), "{inspected}");
+    let shown = cli(vars, &["calls", "show", "--tenant", ACME, &id, "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["dead_letters"][0]["id"], letter_id.as_str());
+
+    // The tenant fixed their CRM: the replay pushes the lead, once.
+    r.vendors.set(Vendor::Crm, Mode::Up);
+    let out = cli(vars, &["dead-letters", "replay-leads", "--tenant", ACME, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replayed["replayed"], serde_json::json!([letter_id]));
+    r.until_state(&id, CallState::Delivered).await;
+    let again = cli(vars, &["dead-letters", "replay-leads", "--tenant", ACME, "--json"]);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["replayed"], serde_json::json!([]), "a replayed letter is not replayed twice");
+    assert_eq!(r.vendors.crm_leads().values().filter(|l| l.call_id == id).count(), 1);
+
+    let missing = cli(vars, &["dead-letters", "inspect", "--id", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter nope"));
 }
