@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use callflow::runtime::{serve, telemetry};
 use clap::{Parser, Subcommand};
 
+mod backfill;
 mod bench;
 mod bench_adapters;
 mod bench_chain;
@@ -132,6 +133,8 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Ingest a tenant's CallRail calls of a date range through the normal intake (resumable; a progress bar).
+    Backfill(backfill::BackfillArgs),
     /// Calls: one call's whole path (state, objects, analysis, CRM delivery, dead letters).
     Calls {
         #[command(subcommand)]
@@ -190,6 +193,7 @@ async fn main() -> ExitCode {
         Command::Provision => provision().await,
         Command::Sign(args) => sign::run_sign(args).await,
         Command::Calls { action } => calls::run(action).await,
+        Command::Backfill(args) => backfill::run(args).await,
         Command::Verify(args) => match sign::run_verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

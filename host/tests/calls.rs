@@ -166,3 +166,76 @@ async fn a_lead_the_crm_refused_is_listed_inspected_and_replayed_once_it_is_fixe
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter nope"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_ingests_the_ranges_missing_calls_once_and_resumes_where_it_stopped() {
+    let r = start().await;
+    let vars = &r.vars;
+    const ACCOUNT: &str = "ACC8154748ae6bd4e278a7cddd38a662f4f";
+    // Three calls of the range at CallRail; one came by webhook, two never did.
+    let (known, _) = r.send_lead(0x0c13).await;
+    let ids: Vec<String> = (0..).map(|n| chain::call_id(0x0c14, n)).filter(|id| is_lead(id)).take(2).collect();
+    r.vendors.list_call(ACCOUNT, chain::listed(&chain::post_call(&known, 7)));
+    for (n, id) in ids.iter().enumerate() {
+        r.vendors.list_call(ACCOUNT, chain::listed(&chain::post_call(id, 20 + n)));
+    }
+    let from = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();
+    let to = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let args = |budget: &'static str| {
+        vec![
+            "backfill",
+            "--tenant",
+            ACME,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--per-page",
+            "2",
+            "--requests-per-hour",
+            budget,
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<String>>()
+    };
+    let run = |a: Vec<String>| cli(vars, &a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A dry run lists what is missing and changes nothing.
+    let mut dry = args("100");
+    dry.push("--dry-run".into());
+    let out = run(dry);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["counts"]["missing"], 2, "{report}");
+    assert_eq!(report["counts"]["known"], 1);
+
+    // One listing request allowed: page 1 of 2, then it stops (exit 1) with its place kept.
+    let out = run(args("1"));
+    assert_eq!(out.status.code(), Some(1));
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["complete"], false, "{first}");
+    assert!(first["stopped"].as_str().unwrap().contains("run the same command again next hour"));
+    assert_eq!(first["counts"]["listed"], 2);
+
+    // The same command with a budget left resumes at page 2: every call listed once in all.
+    let out = run(args("100"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(second["complete"], true, "{second}");
+    assert_eq!(second["counts"]["listed"], 1, "page 2 only: {second}");
+    let ingested =
+        first["counts"]["ingested"].as_u64().unwrap_or(0) + second["counts"]["ingested"].as_u64().unwrap_or(0);
+    let known_count = first["counts"]["known"].as_u64().unwrap_or(0) + second["counts"]["known"].as_u64().unwrap_or(0);
+    assert_eq!((ingested, known_count), (2, 1));
+    for id in &ids {
+        r.until_state(id, CallState::Delivered).await;
+    }
+    let leads = r.vendors.crm_leads();
+    for id in ids.iter().chain([&known]) {
+        assert_eq!(leads.values().filter(|l| &l.call_id == id).count(), 1, "{id} reached the CRM once");
+    }
+    // Finished ranges are not listed again.
+    let again = cli(vars, &["backfill", "--tenant", ACME, "--from", &from, "--to", &to]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("was backfilled already"));
+}

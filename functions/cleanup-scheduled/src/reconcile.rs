@@ -123,8 +123,8 @@ pub async fn run(service: &Service, tenant: &Tenant, dry_run: bool, budget: Budg
     report
 }
 
-/// One listed call through the intake: `Created` means the webhook never came.
-async fn ingest(
+/// One listed call through the intake: `Created` means the webhook never came. `callflow backfill` uses it too.
+pub async fn ingest(
     service: &Service,
     tenant: &Tenant,
     listed: &serde_json::Value,
