@@ -203,10 +203,12 @@ pub fn verify(kind: Kind, keys: &[String], c: &Captured, now: i64) -> Verdict {
     Verdict::Invalid(last)
 }
 
-/// The tenant and its active keys for `kind`, from on-webhook's own ports (so the same backends resolve them).
+/// The tenant and its active keys for `kind`, from the tenants file and secret source of the environment's
+/// backends. Through cleanup-scheduled's ports, not on-webhook's: opening on-webhook's embedded service hands back
+/// every lease and claim (it resumes work after a crash), which would disturb a host running on the same data.
 async fn tenant_keys(tenant: &str, kind: Kind) -> anyhow::Result<(std::sync::Arc<Tenant>, Vec<String>)> {
-    let settings = on_webhook::Settings::from_env()?;
-    let service = on_webhook::Service::from_settings(&settings).await?;
+    let settings = cleanup_scheduled::Settings::from_env()?;
+    let service = cleanup_scheduled::Service::connect(&settings).await?;
     let id = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("tenant {tenant:?}: {e}"))?;
     let t = service
         .ports
@@ -214,7 +216,7 @@ async fn tenant_keys(tenant: &str, kind: Kind) -> anyhow::Result<(std::sync::Arc
         .tenant(&id)
         .await
         .map_err(|e| anyhow::anyhow!("reading tenants: {}", e.message))?
-        .with_context(|| format!("no tenant {tenant:?} in {}", settings.tenants_file.display()))?;
+        .with_context(|| format!("no tenant {tenant:?} in {}", settings.common.tenants_file.display()))?;
     let refs: Vec<SecretRef> = match kind {
         Kind::Callrail => t.callrail.as_ref().map(|c| c.signing_keys.clone()).unwrap_or_default(),
         Kind::Form => t.forms.as_ref().map(|f| f.signing_keys.clone()).unwrap_or_default(),

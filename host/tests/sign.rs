@@ -122,3 +122,37 @@ fn another_tenants_key_and_unknown_tenants_are_refused_clearly() {
     assert_eq!(out.status.code(), Some(1), "no kind and no signature header");
     assert!(String::from_utf8_lossy(&out.stderr).contains("say --kind"));
 }
+
+/// Regression: `sign` opened on-webhook's embedded service, which hands back every lease and stage claim at
+/// start (crash recovery). Run beside a host, that let a second delivery of an event in progress start the same
+/// transcription again. The onboarding commands must leave a running host's claims alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_onboarding_commands_leave_a_running_hosts_claims_alone() {
+    use callflow::domain::{CallId, TenantId};
+    use callflow::ports::{Claim, StateStore};
+    let dir = tempfile::tempdir().unwrap();
+    let vars = vars(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let state = callflow::adapters::sqlite::SqliteStateStore::open(
+        &data.join("state.sqlite"),
+        callflow::adapters::sqlite::Durability::Full,
+    )
+    .unwrap();
+    let (tenant, call) =
+        (TenantId::parse("acme-remodeling").unwrap(), CallId::parse("CAL0123456789abcdef0123456789abcdef").unwrap());
+    let lease = std::time::Duration::from_secs(600);
+    assert!(matches!(state.claim_stage(&tenant, &call, "transcribe:1", lease).await.unwrap(), Claim::Claimed(_)));
+
+    let body = "fixtures/callrail/post-call-resource-ids.json";
+    let out = cli(&vars, &["sign", "--json", "--tenant", "acme-remodeling", body]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let header = format!("Signature: {}", signed["headers"]["Signature"].as_str().unwrap());
+    assert!(
+        cli(&vars, &["verify", "--tenant", "acme-remodeling", "--body", body, "--header", &header]).status.success()
+    );
+
+    let again = state.claim_stage(&tenant, &call, "transcribe:1", lease).await.unwrap();
+    assert!(matches!(again, Claim::Busy { .. }), "the claim was handed back: {again:?}");
+}
