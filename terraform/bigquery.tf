@@ -25,23 +25,39 @@ resource "google_bigquery_table" "t" {
   }
 }
 
-# Analyst views: one per shared/schemas/analytics/views/*.sql, named after the file (none yet: the views,
-# with their SQLite twins, are the next work). `{dataset}` in the SQL is the dataset's full name.
-resource "google_bigquery_table" "views" {
-  # A pattern below an existing directory matches nothing, rather than failing, while there are no views.
-  for_each = fileset("${path.module}/../shared/schemas/analytics", "views/*.sql")
+# Analyst views, named after their files: shared/schemas/analytics/views/base/*.sql first (the others read them),
+# then views/*.sql. The SQL is written once for BigQuery and the embedded SQLite sink; `{dataset}` in it is the
+# dataset's full name here (shared/src/domain/analytics.rs, `view_sql`, does the same for `callflow provision`).
+locals {
+  views_dir = "${path.module}/../shared/schemas/analytics"
+}
+
+resource "google_bigquery_table" "base_views" {
+  for_each = fileset(local.views_dir, "views/base/*.sql")
 
   dataset_id          = google_bigquery_dataset.analytics.dataset_id
   table_id            = trimsuffix(basename(each.key), ".sql")
   deletion_protection = false
 
   view {
-    query = replace(
-      file("${path.module}/../shared/schemas/analytics/${each.key}"),
-      "{dataset}", "${var.project}.${google_bigquery_dataset.analytics.dataset_id}"
-    )
+    query          = replace(file("${local.views_dir}/${each.key}"), "{dataset}", "${var.project}.${google_bigquery_dataset.analytics.dataset_id}")
     use_legacy_sql = false
   }
 
   depends_on = [google_bigquery_table.t]
+}
+
+resource "google_bigquery_table" "views" {
+  for_each = fileset(local.views_dir, "views/*.sql")
+
+  dataset_id          = google_bigquery_dataset.analytics.dataset_id
+  table_id            = trimsuffix(basename(each.key), ".sql")
+  deletion_protection = false
+
+  view {
+    query          = replace(file("${local.views_dir}/${each.key}"), "{dataset}", "${var.project}.${google_bigquery_dataset.analytics.dataset_id}")
+    use_legacy_sql = false
+  }
+
+  depends_on = [google_bigquery_table.base_views]
 }

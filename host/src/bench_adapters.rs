@@ -15,7 +15,7 @@ use callflow::adapters::local_router::LocalRouter;
 use callflow::adapters::pubsub::PubSubPublisher;
 use callflow::adapters::spanner::SpannerStateStore;
 use callflow::adapters::sqlite::{Durability, SqliteAnalytics, SqliteStateStore};
-use callflow::domain::analytics::{AnalyticsRow, STAGE_EVENTS_TABLE};
+use callflow::domain::analytics::{AnalyticsRow, CALLS_TABLE};
 use callflow::domain::intake::{EventKind, IntakeEvent};
 use callflow::domain::{CallId, CallSource, LeadDetails, TenantId};
 use callflow::ports::{AnalyticsSink, EventPublisher, NewObject, ObjectStore, StateStore};
@@ -74,7 +74,7 @@ fn row(id: String) -> AnalyticsRow {
     }) else {
         unreachable!()
     };
-    AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: id, fields }
+    AnalyticsRow { table: CALLS_TABLE.into(), insert_id: id, fields }
 }
 
 async fn state_ops(t: &mut Table, name: &str, store: Arc<dyn StateStore>, n: usize, run: &str) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use callflow::runtime::{serve, telemetry};
 use clap::{Parser, Subcommand};
 
+mod analytics;
 mod backfill;
 mod bench;
 mod bench_adapters;
@@ -38,6 +39,11 @@ enum Command {
     Cleanup {
         #[command(subcommand)]
         action: cleanup_ops::CleanupAction,
+    },
+    /// The analysts' views, queries over the environment's analytics, and an export of the embedded rows.
+    Analytics {
+        #[command(subcommand)]
+        action: analytics::AnalyticsAction,
     },
     /// Events the router gave up on, and work the functions dead-lettered.
     DeadLetters {
@@ -186,6 +192,7 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
+        Command::Analytics { action } => analytics::run(action).await,
         Command::DeadLetters { action } => dead_letters::run(action).await,
         Command::Erasure { action } => cleanup_ops::erasure(action).await,
         Command::Cleanup { action } => cleanup_ops::cleanup(action).await,

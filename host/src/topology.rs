@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use callflow::domain::analytics::TABLES;
+use callflow::domain::analytics::{Dialect, TABLES, VIEWS, view_sql};
 use callflow::eventarc::{Source, Triggers};
 use serde_json::{Value, json};
 
@@ -82,6 +82,24 @@ pub async fn provision(
         let answer = http.post(format!("{bq}/datasets/{dataset}/tables")).json(&config).send().await?;
         created_or_exists(answer, &format!("table {table}")).await?;
         done.tables.push(format!("{dataset}.{table}"));
+    }
+    // The analysts' views, in their order (a view may read the ones before it); a view that exists is replaced,
+    // so a re-provision brings the current definitions.
+    for (view, sql) in VIEWS {
+        let query = view_sql(sql, Dialect::BigQuery { project, dataset });
+        let config = json!({
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": view},
+            "view": {"query": query, "useLegacySql": false},
+        });
+        let url = format!("{bq}/datasets/{dataset}/tables");
+        let answer = http.post(&url).json(&config).send().await?;
+        if answer.status() == reqwest::StatusCode::CONFLICT {
+            let answer = http.put(format!("{url}/{view}")).json(&config).send().await?;
+            created_or_exists(answer, &format!("view {view}")).await?;
+        } else {
+            created_or_exists(answer, &format!("view {view}")).await?;
+        }
+        done.tables.push(format!("{dataset}.{view}"));
     }
 
     let ps = format!("{pubsub}/v1/projects/{project}");

@@ -227,7 +227,7 @@ impl Chain {
     async fn delivery_outcomes(&self) -> BTreeMap<String, i64> {
         let rows = self
             .rows(
-                "SELECT stage, outcome, COUNT(*) FROM stage_events
+                "SELECT stage, outcome, COUNT(*) FROM calls
                  WHERE stage IN ('on-analysis', 'on-crm-retry', 'crm-breaker') GROUP BY stage, outcome",
             )
             .await;

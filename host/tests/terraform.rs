@@ -310,7 +310,7 @@ fn tables_match_the_schema_files_and_the_database_the_migrations() {
     let tables: Vec<String> = serde_json::from_value(g["locals"]["analytics_tables"].clone()).unwrap();
     let dir = repo().join("shared/schemas/analytics");
     assert_eq!(tables, callflow_host::terraform::analytics_tables(&dir).unwrap());
-    assert!(tables.contains(&"stage_events".to_owned()));
+    assert!(tables.contains(&"calls".to_owned()));
     let table = resource(&files, "google_bigquery_table", "t").body();
     assert_eq!(text(attr(table, "for_each")), "toset(local.analytics_tables)");
     let schema = text(attr(table, "schema"));
@@ -350,6 +350,44 @@ fn tables_match_the_schema_files_and_the_database_the_migrations() {
 
 /// What each function touches, and the narrowest role for it (why: terraform/iam.tf). A grant added to
 /// terraform without this table, or a broader role, fails here.
+/// The names a view's SQL reads: every `` `{dataset}.NAME` ``.
+fn reads(sql: &str) -> BTreeSet<String> {
+    sql.split("`{dataset}.").skip(1).filter_map(|rest| rest.split_once('`')).map(|(name, _)| name.to_owned()).collect()
+}
+
+#[test]
+fn views_are_the_sinks_views_and_each_reads_only_what_exists_before_it() {
+    use callflow::domain::analytics::{TABLES, VIEWS};
+    let dir = repo().join("shared/schemas/analytics/views");
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".sql").map(str::to_owned))
+            .collect()
+    };
+    let (base, rest) = (names(&dir.join("base")), names(&dir));
+    let all: BTreeSet<String> = VIEWS.iter().map(|(name, _)| name.to_string()).collect();
+    assert_eq!(base.union(&rest).cloned().collect::<BTreeSet<_>>(), all, "view files = domain::analytics::VIEWS");
+    let tables: BTreeSet<String> = TABLES.iter().map(|(name, _)| name.to_string()).collect();
+    // terraform creates views/base/ before views/ (depends_on), the sinks in VIEWS order: a base view reads
+    // tables only, any other view tables and base views; and VIEWS lists the base views first.
+    for (name, sql) in VIEWS {
+        let allowed: BTreeSet<String> =
+            if base.contains(*name) { tables.clone() } else { tables.union(&base).cloned().collect() };
+        let read = reads(sql);
+        assert!(!read.is_empty(), "{name} reads no table");
+        assert!(read.is_subset(&allowed), "{name} reads {:?}, beyond {allowed:?}", read.difference(&allowed));
+    }
+    let first_rest = VIEWS.iter().position(|(n, _)| !base.contains(*n)).unwrap();
+    assert!(VIEWS[first_rest..].iter().all(|(n, _)| !base.contains(*n)), "VIEWS lists the base views first");
+    let files = files();
+    let base_views = resource(&files, "google_bigquery_table", "base_views");
+    let views = resource(&files, "google_bigquery_table", "views");
+    assert!(text(attr(base_views.body(), "for_each")).contains("views/base/*.sql"));
+    assert!(text(attr(views.body(), "for_each")).contains("views/*.sql"));
+    assert!(text(attr(views.body(), "depends_on")).contains("google_bigquery_table.base_views"));
+}
+
 fn least_privilege() -> Value {
     json!({
         "on-webhook": {

@@ -98,7 +98,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-cleanup-scheduled"));
-    assert_eq!(done.tables, [format!("{dataset}.stage_events"), format!("{dataset}.cleanup_runs")]);
+    assert_eq!(done.tables, [format!("{dataset}.calls"), format!("{dataset}.cleanup_runs")]);
     // Provisioning again converges: existing resources are kept or brought to the definitions, not an error.
     callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
 
@@ -363,7 +363,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
             .json(&json!({
                 "query": format!(
-                    "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.stage_events` WHERE call_id = '{call}' \
+                    "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
                      AND stage NOT IN ('on-analysis', 'on-crm-retry') ORDER BY outcome"
                 ),
                 "useLegacySql": false,
@@ -402,7 +402,7 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
             .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
             .json(&json!({
                 "query": format!(
-                    "SELECT stage, outcome FROM `{PROJECT}.{dataset}.stage_events` WHERE call_id = '{call}' \
+                    "SELECT stage, outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
                      AND stage IN ('on-analysis', 'on-crm-retry') ORDER BY stage"
                 ),
                 "useLegacySql": false,

@@ -358,6 +358,21 @@ pub trait AnalyticsSink: Send + Sync {
     async fn insert(&self, rows: &[AnalyticsRow]) -> PortResult<()>;
 }
 
+/// What an analyst's query returned, alike from every backend: column names, and each row's values as JSON
+/// (numbers, strings, booleans, null; timestamps as RFC 3339 UTC with microseconds, dates as YYYY-MM-DD).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+/// Reading the analytics tables and views (the operator's `callflow analytics query`, and the views' tests).
+#[async_trait]
+pub trait AnalyticsQuery: Send + Sync {
+    /// Run one read-only SQL query in the backend's dialect; the tables and views may be named bare.
+    async fn query(&self, sql: &str) -> PortResult<QueryResult>;
+}
+
 /// A secret value. Debug never prints it.
 #[derive(Clone)]
 pub struct Secret(Arc<str>);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use callflow::adapters::bigquery::BigQuerySink;
 use callflow::adapters::sqlite::{Durability, SqliteAnalytics};
-use callflow::domain::analytics::{AnalyticsRow, STAGE_EVENTS_SCHEMA, STAGE_EVENTS_TABLE};
+use callflow::domain::analytics::{AnalyticsRow, CALLS_SCHEMA, CALLS_TABLE};
 use callflow::ports::AnalyticsSink;
 use serde_json::{Value, json};
 
@@ -34,7 +34,7 @@ fn row(id: &str, outcome: &str, duration: Option<i64>) -> AnalyticsRow {
         fields["call_duration_secs"] = json!(d);
     }
     let Value::Object(fields) = fields else { unreachable!() };
-    AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: id.into(), fields }
+    AnalyticsRow { table: CALLS_TABLE.into(), insert_id: id.into(), fields }
 }
 
 async fn contract<F, Fut>(sink: Arc<dyn AnalyticsSink>, read: F)
@@ -74,7 +74,7 @@ async fn the_sqlite_sink_honours_the_analytics_contract() {
     contract(sink, || async {
         let conn = rusqlite::Connection::open(&path).unwrap();
         let mut stmt = conn
-            .prepare("SELECT insert_id, outcome, call_duration_secs, answered FROM stage_events ORDER BY insert_id")
+            .prepare("SELECT insert_id, outcome, call_duration_secs, answered FROM calls ORDER BY insert_id")
             .unwrap();
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
@@ -95,7 +95,7 @@ struct Emulator {
 }
 
 impl Emulator {
-    /// A fresh dataset with the repo's stage_events table on the emulator `scripts/emulators start` runs.
+    /// A fresh dataset with the repo's calls table on the emulator `scripts/emulators start` runs.
     async fn start() -> Option<Self> {
         let Some(host) = std::env::var("BIGQUERY_EMULATOR_HOST").ok().filter(|h| !h.is_empty()) else {
             assert!(
@@ -119,11 +119,11 @@ impl Emulator {
             .await
             .unwrap();
         assert!(made.status().is_success(), "create dataset: {}", made.text().await.unwrap());
-        let fields: Value = serde_json::from_str(STAGE_EVENTS_SCHEMA).unwrap();
+        let fields: Value = serde_json::from_str(CALLS_SCHEMA).unwrap();
         let made = http
             .post(format!("{base}/datasets/{dataset}/tables"))
             .json(&json!({
-                "tableReference": {"projectId": project, "datasetId": dataset, "tableId": STAGE_EVENTS_TABLE},
+                "tableReference": {"projectId": project, "datasetId": dataset, "tableId": CALLS_TABLE},
                 "schema": {"fields": fields},
             }))
             .send()
@@ -136,7 +136,7 @@ impl Emulator {
     async fn read(&self) -> Seen {
         let sql = format!(
             "SELECT insert_id, ANY_VALUE(outcome) AS outcome, ANY_VALUE(call_duration_secs) AS d, \
-             ANY_VALUE(answered) AS a FROM `{}.{}.stage_events` GROUP BY insert_id",
+             ANY_VALUE(answered) AS a FROM `{}.{}.calls` GROUP BY insert_id",
             self.project, self.dataset
         );
         let answer: Value = reqwest::Client::new()

@@ -5,13 +5,13 @@
 use std::io::Read;
 
 use callflow::adapters::bigquery::BigQuerySink;
-use callflow::domain::analytics::{AnalyticsRow, STAGE_EVENTS_TABLE};
+use callflow::domain::analytics::{AnalyticsRow, CALLS_TABLE};
 use callflow::ports::AnalyticsSink;
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const INSERT_ALL: &str = "/bigquery/v2/projects/p/datasets/d/tables/stage_events/insertAll";
+const INSERT_ALL: &str = "/bigquery/v2/projects/p/datasets/d/tables/calls/insertAll";
 
 fn row(id: &str) -> AnalyticsRow {
     let Value::Object(fields) = json!({
@@ -20,7 +20,7 @@ fn row(id: &str) -> AnalyticsRow {
     }) else {
         unreachable!()
     };
-    AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: id.into(), fields }
+    AnalyticsRow { table: CALLS_TABLE.into(), insert_id: id.into(), fields }
 }
 
 async fn sink(server: &MockServer) -> BigQuerySink {

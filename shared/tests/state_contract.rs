@@ -248,7 +248,7 @@ async fn analyses_are_stored_with_the_transition(store: Arc<dyn StateStore>) {
             summary: "Maria asked about a kitchen project.".into(),
             caller: CallerDetails { name: Some("Maria".into()), zip: Some("75024".into()), ..Default::default() },
         },
-        usage: Usage { prompt_tokens: 0, output_tokens: 0, cost_usd: 0.0 },
+        usage: Usage::default(),
         redactions: 2,
     };
     let Claim::Claimed(claim) = store.claim_stage(&tenant, &call, "analyse:9", Duration::from_secs(60)).await.unwrap()
@@ -497,7 +497,7 @@ fn analysis_with(caller: CallerDetails) -> Analysis {
             summary: "A kitchen project.".into(),
             caller,
         },
-        usage: Usage { prompt_tokens: 0, output_tokens: 0, cost_usd: 0.0 },
+        usage: Usage::default(),
         redactions: 0,
     }
 }

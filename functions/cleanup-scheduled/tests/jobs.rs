@@ -401,11 +401,9 @@ async fn reconciliation_ingests_exactly_the_calls_the_webhook_missed(h: Harness)
     );
     let analytics = rusqlite::Connection::open(h.dir.path().join("analytics.sqlite")).unwrap();
     let reconciled: i64 = analytics
-        .query_row(
-            "SELECT count(*) FROM stage_events WHERE event_kind = 'reconciled' AND stage = 'on-webhook'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM calls WHERE event_kind = 'reconciled' AND stage = 'on-webhook'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(reconciled, 3, "each ingested call's intake row says how it came");
     let voicemail = h.call("acme", "CAL0b7d7c5e9a2f4e1c8d3b6a5f4e3d2c1b").await;

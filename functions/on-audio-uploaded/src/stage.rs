@@ -13,11 +13,11 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use callflow::domain::analytics::StageEvent;
+use callflow::domain::analytics::{StageCost, StageEvent};
 use callflow::domain::stage_object::{AUDIO_EXTENSIONS, Expected, StageObject};
 use callflow::domain::tenant::{EngineChoice, Tenant};
 use callflow::domain::transcript::{self, Quality, TRANSCRIPT_SCHEMA_VERSION, Transcript, TranscriptionPlan};
-use callflow::domain::work::{Completion, Transition};
+use callflow::domain::work::{Completion, NewWork, Transition};
 use callflow::domain::{CallRecord, CallState};
 use callflow::ports::{AudioRef, NewObject, ObjectInfo, StageClaim};
 use callflow::runtime::cloudevent::{EventError, Incoming, IncomingEvent};
@@ -340,6 +340,27 @@ impl Run<'_> {
         Outcome::Early(Early::Retry { error })
     }
 
+    /// What a transcription cost, for the `costs` table: Speech-to-Text bills per request by audio length; the
+    /// offline engine and CallRail's own transcript cost nothing.
+    fn cost_row(&self, done: &Done<'_>, call: &CallRecord, at: chrono::DateTime<chrono::Utc>) -> Option<NewWork> {
+        if done.outcome != "transcribed" {
+            return None;
+        }
+        let billed = done.engine.is_some_and(|e| e.starts_with("google-speech"));
+        let cost = StageCost {
+            call,
+            stage: STAGE,
+            engine: done.engine,
+            audio_secs: done.audio_secs,
+            prompt_tokens: None,
+            output_tokens: None,
+            api_calls: u32::from(billed),
+            usd: done.cost_usd.unwrap_or(0.0),
+            at,
+        };
+        Some(cost.into_row(&self.object.generation.to_string()).work())
+    }
+
     /// Commit the claim with the call's transition and its analytics row. `None`: committed (the caller's
     /// outcome stands); `Some`: what happened instead.
     async fn finish(&self, done: &Done<'_>, recording_object: Option<String>) -> Option<Outcome> {
@@ -370,7 +391,7 @@ impl Run<'_> {
                 // The object can arrive before on-webhook's own transition commits; set it here too.
                 recording_object: recording_object.clone(),
             }),
-            follow_up: vec![row.work()],
+            follow_up: std::iter::once(row.work()).chain(self.cost_row(done, &after, now)).collect(),
             dead_letter: (done.to == Some(CallState::DeadLettered)).then(|| done.reason.unwrap_or("").to_owned()),
             analysis: None,
             delivery: None,

@@ -244,7 +244,7 @@ impl Harness {
         let db = rusqlite::Connection::open(self.service.settings.common.data_dir.join("analytics.sqlite")).unwrap();
         let mut stmt = db
             .prepare(
-                "SELECT call_id, outcome, engine, audio_secs, cost_usd, reason FROM stage_events
+                "SELECT call_id, outcome, engine, audio_secs, cost_usd, reason FROM calls
                  WHERE stage = 'on-audio-uploaded' ORDER BY event_time",
             )
             .unwrap();

@@ -175,7 +175,7 @@ async fn a_crm_down_for_a_period_opens_the_circuit_and_every_lead_arrives_once_a
 
 fn analytics_outcomes(h: &Harness, stages: &str) -> Vec<String> {
     let db = rusqlite::Connection::open(h.dir.path().join("data/analytics.sqlite")).unwrap();
-    let sql = format!("SELECT outcome FROM stage_events WHERE stage IN ({stages}) ORDER BY event_time, rowid");
+    let sql = format!("SELECT outcome FROM calls WHERE stage IN ({stages}) ORDER BY event_time, rowid");
     let mut stmt = db.prepare(&sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().collect::<Result<_, _>>().unwrap()
 }
@@ -222,6 +222,27 @@ async fn max_attempts_end_in_a_dead_letter_that_replays_once_the_crm_is_fixed() 
     assert_eq!(h.delivery("acme", "CAL9").await.unwrap().record_id, "lead_9");
     let replayed = h.e.state.dead_letters(Some("acme"), 10).await.unwrap();
     assert!(replayed.iter().any(|d| d.id == letter.id && d.replayed_at.is_some()));
+    // Every push is a `crm_deliveries` row: three that failed, then the one after the replay.
+    h.flush().await;
+    let db = rusqlite::Connection::open(h.dir.path().join("data/analytics.sqlite")).unwrap();
+    let mut stmt =
+        db.prepare("SELECT stage, provider, outcome, attempt FROM crm_deliveries ORDER BY event_time, rowid").unwrap();
+    let pushes: Vec<(String, String, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let seen: Vec<(&str, &str, &str, i64)> =
+        pushes.iter().map(|(s, p, o, a)| (s.as_str(), p.as_str(), o.as_str(), *a)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("on-analysis", "webhook", "retry_scheduled", 1),
+            ("on-crm-retry", "webhook", "retry_scheduled", 2),
+            ("on-crm-retry", "webhook", "dead_lettered", 3),
+            ("on-crm-retry", "webhook", "delivered", 1),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use axum::response::Response;
 use callflow::domain::analysis::{
     self, ANALYSIS_SCHEMA_VERSION, Analysis, CallerDetails, Findings, Usage, validate_answer,
 };
-use callflow::domain::analytics::StageEvent;
+use callflow::domain::analytics::{self, StageCost, StageEvent};
 use callflow::domain::breaker::Admit;
 use callflow::domain::redact::redact;
 use callflow::domain::rules::{self, CallFacts, RULES_ANALYZER};
@@ -204,6 +204,7 @@ impl Run<'_> {
         let mut usage = Usage::default();
         let mut outcome: Result<Findings, String> = Err(String::new());
         for attempt in 1..=2 {
+            usage.requests += 1;
             let generated = match p.llm.generate(&request).await {
                 Ok(g) => g,
                 Err(e) => {
@@ -273,6 +274,20 @@ impl Run<'_> {
         .set("prompt_tokens", json!(usage.prompt_tokens))
         .set("output_tokens", json!(usage.output_tokens))
         .set("call_cost_usd", json!(transcription_cost + usage.cost_usd));
+        let generation = self.object.generation.to_string();
+        let analysed = analytics::analysis_row(&after, &analysis, now, millis_since(self.started), &generation);
+        let cost = StageCost {
+            call: &after,
+            stage: STAGE,
+            engine: Some(&analysis.analyzer),
+            audio_secs: None,
+            prompt_tokens: Some(usage.prompt_tokens),
+            output_tokens: Some(usage.output_tokens),
+            api_calls: usage.requests,
+            usd: usage.cost_usd,
+            at: now,
+        }
+        .into_row(&generation);
         let message = PublishMessage {
             topic: settings.analysis_topic.clone(),
             data: json!({
@@ -291,7 +306,7 @@ impl Run<'_> {
             Outcome::Analysed { analyzer: analysis.analyzer.clone(), fallback: analysis.fallback_reason.clone() };
         let completion = Completion {
             transition: Some(Transition { to: CallState::Analysed, reason: None, recording_object: None }),
-            follow_up: vec![row.work(), message.work()],
+            follow_up: vec![row.work(), analysed.work(), cost.work(), message.work()],
             dead_letter: None,
             analysis: Some(analysis),
             delivery: None,

@@ -227,12 +227,35 @@ impl Harness {
             .collect()
     }
 
+    /// The call's `analyses` and `costs` rows: (analyzer, score, spam, tokens in, tokens out) and (api calls, usd).
+    fn facts(&self, call: &str) -> (Vec<Value>, Vec<Value>) {
+        let db = rusqlite::Connection::open(self.service.settings.common.data_dir.join("analytics.sqlite")).unwrap();
+        let analyses = db
+            .prepare("SELECT analyzer, lead_score, spam_likelihood, prompt_tokens, output_tokens, intent FROM analyses WHERE call_id = ?1")
+            .unwrap()
+            .query_map([call], |r| {
+                Ok(json!([r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?,
+                          r.get::<_, i64>(4)?, r.get::<_, String>(5)?]))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let costs = db
+            .prepare("SELECT stage, api_calls, usd FROM costs WHERE call_id = ?1")
+            .unwrap()
+            .query_map([call], |r| Ok(json!([r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, f64>(2)?])))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (analyses, costs)
+    }
+
     fn rows(&self) -> Vec<Value> {
         let db = rusqlite::Connection::open(self.service.settings.common.data_dir.join("analytics.sqlite")).unwrap();
         let mut stmt = db
             .prepare(
                 "SELECT outcome, engine, prompt_tokens, output_tokens, cost_usd, call_cost_usd, reason
-                 FROM stage_events WHERE stage = 'on-transcript'",
+                 FROM calls WHERE stage = 'on-transcript'",
             )
             .unwrap();
         stmt.query_map([], |r| {
@@ -311,6 +334,10 @@ async fn gemini_sees_redacted_text_and_its_valid_answer_is_the_analysis() {
     assert!(sent.contains("[card number]") && sent.contains("Gem Kitchens"));
     let row = &h.rows()[0];
     assert_eq!((row["prompt_tokens"].as_i64(), row["output_tokens"].as_i64()), (Some(1000), Some(100)));
+    // What analysts count: the findings in `analyses`, the model's one request and its price in `costs`.
+    let (analyses, costs) = h.facts("CAL2");
+    assert_eq!(analyses, vec![json!(["gemini/gemini-2.5-pro", 77, a.findings.spam_likelihood, 1000, 100, "new_lead"])]);
+    assert_eq!(costs, vec![json!(["on-transcript", 1, a.usage.cost_usd])]);
 }
 
 #[tokio::test]
@@ -327,6 +354,8 @@ async fn an_invalid_answer_is_corrected_once_then_the_rules_take_over() {
     let second = h.model.requests.lock().unwrap()[1].clone();
     assert_eq!(second.history.len(), 1);
     assert!(second.history[0].1.contains("intent \"lead\" is not one of"), "{:?}", second.history);
+    let (_, costs) = h.facts("CAL3");
+    assert_eq!(costs[0][1], 2, "the correction was a second billable request");
 
     // Invalid twice: the rules answer, and say why.
     h.model.answers.lock().unwrap().clear();

@@ -211,7 +211,7 @@ async fn fifty_concurrent_deliveries_make_one_call_and_one_fetch() {
     assert_eq!((first.len(), second.len()), (1, 0));
     let fetches = h.callrail.received_requests().await.unwrap();
     assert_eq!(fetches.iter().filter(|r| r.url.path().ends_with("recording.json")).count(), 1);
-    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'created'"), 1);
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM calls WHERE outcome = 'created'"), 1);
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn unanswered_calls_are_parked_with_their_reason_and_fetch_nothing() {
     assert_eq!(h.call_state("CALunanswered00000000000000000000001").unwrap().1.as_deref(), Some("unanswered"));
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
     on_webhook::outbox::drain_pass(&h.service).await;
-    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE reason = 'unanswered'"), 1);
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM calls WHERE reason = 'unanswered'"), 1);
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ async fn a_recording_is_streamed_into_the_bucket_with_its_metadata() {
     assert_eq!(h.call_state(CALL).unwrap().0, "recording_stored");
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox WHERE kind = 'fetch_recording'"), 0);
     on_webhook::outbox::drain_pass(&h.service).await;
-    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events WHERE outcome = 'recording_stored' AND bytes = 13"), 1);
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM calls WHERE outcome = 'recording_stored' AND bytes = 13"), 1);
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn the_background_worker_fetches_without_being_asked() {
     }
     assert_eq!(h.call_state(CALL).unwrap().0, "recording_stored");
     assert_eq!(h.count("SELECT COUNT(*) FROM outbox"), 0, "analytics rows were not flushed");
-    assert_eq!(h.analytics("SELECT COUNT(*) FROM stage_events"), 2);
+    assert_eq!(h.analytics("SELECT COUNT(*) FROM calls"), 2);
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), worker).await.unwrap().unwrap();
 }

@@ -13,11 +13,15 @@ use async_trait::async_trait;
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::dataset_reference::DatasetReference;
+use gcp_bigquery_client::model::field_type::FieldType;
+use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
+use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 
 use crate::domain::analytics::{self, AnalyticsRow};
-use crate::ports::{AnalyticsSink, PortError, PortResult};
+use crate::ports::{AnalyticsQuery, AnalyticsSink, PortError, PortResult, QueryResult};
 
 const GOOGLE_V2: &str = "https://bigquery.googleapis.com/bigquery/v2";
 /// insertAll accepts up to 50,000 rows and 10 MB per request; Google recommends about 500 rows.
@@ -115,6 +119,78 @@ impl BigQuerySink {
         let message =
             format!("bigquery: {table}: {} of {} rows refused: {}", errors.len(), rows.len(), reasons.join("; "));
         Err(if permanent { PortError::permanent(message) } else { PortError::retryable(message) })
+    }
+}
+
+/// One cell of a query answer as JSON. BigQuery sends every scalar as a string, and a TIMESTAMP as seconds (a
+/// float, or microseconds with `useInt64Timestamp`): it comes out as the RFC 3339 text the SQLite sink stores.
+fn cell(kind: &FieldType, value: Option<serde_json::Value>) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(Value::String(text)) = value else { return value.unwrap_or(Value::Null) };
+    match kind {
+        FieldType::Integer | FieldType::Int64 => text.parse::<i64>().map_or(Value::String(text), Value::from),
+        FieldType::Float | FieldType::Float64 | FieldType::Numeric | FieldType::Bignumeric => {
+            text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::String(text), Value::Number)
+        }
+        FieldType::Boolean | FieldType::Bool => Value::Bool(text.eq_ignore_ascii_case("true")),
+        FieldType::Timestamp => {
+            let micros = if text.contains(['.', 'E', 'e']) {
+                text.parse::<f64>().ok().map(|secs| (secs * 1e6).round() as i64)
+            } else {
+                text.parse::<i64>().ok()
+            };
+            micros
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map_or(Value::String(text), |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        }
+        _ => Value::String(text),
+    }
+}
+
+#[async_trait]
+impl AnalyticsQuery for BigQuerySink {
+    /// A GoogleSQL query with the sink's dataset as the default one, every page of the answer.
+    async fn query(&self, sql: &str) -> PortResult<QueryResult> {
+        let mut request = QueryRequest::new(sql);
+        request.default_dataset =
+            Some(DatasetReference { project_id: self.project.clone(), dataset_id: self.dataset.clone() });
+        request.timeout_ms = Some(60_000);
+        let jobs = self.client.job();
+        let first = jobs.query(&self.project, request).await.map_err(|e| classify("query", e))?;
+        let mut schema = first.schema;
+        let mut rows = first.rows.unwrap_or_default();
+        let mut page_token = first.page_token;
+        let mut complete = first.job_complete.unwrap_or(true);
+        let job_id = first.job_reference.and_then(|j| j.job_id);
+        while !complete || page_token.is_some() {
+            let Some(job_id) = &job_id else {
+                return Err(PortError::retryable("bigquery: query: an unfinished answer without a job id"));
+            };
+            let params = GetQueryResultsParameters {
+                page_token: page_token.take(),
+                timeout_ms: Some(60_000),
+                ..Default::default()
+            };
+            let page = jobs.get_query_results(&self.project, job_id, params).await.map_err(|e| classify("query", e))?;
+            complete = page.job_complete.unwrap_or(true);
+            schema = schema.or(page.schema);
+            rows.extend(page.rows.unwrap_or_default());
+            page_token = page.page_token;
+        }
+        let fields = schema.and_then(|s| s.fields).unwrap_or_default();
+        let columns = fields.iter().map(|f| f.name.clone()).collect();
+        let rows = rows
+            .into_iter()
+            .map(|row| {
+                let cells = row.columns.unwrap_or_default();
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| cell(&f.r#type, cells.get(i).and_then(|c| c.value.clone())))
+                    .collect()
+            })
+            .collect();
+        Ok(QueryResult { columns, rows })
     }
 }
 

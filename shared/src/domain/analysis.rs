@@ -124,6 +124,9 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub output_tokens: u32,
     pub cost_usd: f64,
+    /// Requests made to the model (a correction is a second one); absent in analyses stored before it was kept.
+    #[serde(default)]
+    pub requests: u32,
 }
 
 /// The stored analysis of a call.

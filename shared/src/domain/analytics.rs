@@ -1,15 +1,18 @@
-//! Analytics rows. Every stage streams one row per outcome; the columns are those of the BigQuery table whose
-//! schema lives in `shared/schemas/analytics/` (the embedded SQLite sink creates its table from the same file).
-//! Rows carry no PII: marketing facts and timings only.
+//! Analytics rows. Every stage streams one `calls` row per outcome, and the facts an analyst counts land in their
+//! own tables: `analyses` (what the analyzer found), `crm_deliveries` (each CRM push), `costs` (what each stage's
+//! vendors cost). The columns are those of the BigQuery tables whose schemas live in `shared/schemas/analytics/`
+//! (the embedded SQLite sink creates its tables from the same files, and terraform deploys them). Rows carry no
+//! PII: marketing facts, findings, timings and money only.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::analysis::{Analysis, score_band};
 use super::call::CallRecord;
 
-pub const STAGE_EVENTS_TABLE: &str = "stage_events";
-pub const STAGE_EVENTS_SCHEMA: &str = include_str!("../../schemas/analytics/stage_events.json");
+pub const CALLS_TABLE: &str = "calls";
+pub const CALLS_SCHEMA: &str = include_str!("../../schemas/analytics/calls.json");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalyticsRow {
@@ -45,15 +48,50 @@ pub struct ColumnSchema {
     pub mode: Option<String>,
 }
 
-pub fn stage_events_schema() -> Vec<ColumnSchema> {
-    serde_json::from_str(STAGE_EVENTS_SCHEMA).expect("the bundled schema is valid JSON")
+pub fn calls_schema() -> Vec<ColumnSchema> {
+    serde_json::from_str(CALLS_SCHEMA).expect("the bundled schema is valid JSON")
 }
+
+pub const ANALYSES_TABLE: &str = "analyses";
+pub const CRM_DELIVERIES_TABLE: &str = "crm_deliveries";
+pub const COSTS_TABLE: &str = "costs";
 
 /// Every table this project streams to, with its schema file.
 pub const TABLES: &[(&str, &str)] = &[
-    (STAGE_EVENTS_TABLE, STAGE_EVENTS_SCHEMA),
+    (CALLS_TABLE, CALLS_SCHEMA),
+    (ANALYSES_TABLE, include_str!("../../schemas/analytics/analyses.json")),
+    (CRM_DELIVERIES_TABLE, include_str!("../../schemas/analytics/crm_deliveries.json")),
+    (COSTS_TABLE, include_str!("../../schemas/analytics/costs.json")),
     (super::cleanup::CLEANUP_RUNS_TABLE, super::cleanup::CLEANUP_RUNS_SCHEMA),
 ];
+
+/// The analysts' views, in the order they must be created (a view may read the ones before it): name and SQL.
+/// The SQL is written once for both BigQuery and SQLite (see `view_sql`).
+pub const VIEWS: &[(&str, &str)] = &[
+    ("leads", include_str!("../../schemas/analytics/views/base/leads.sql")),
+    ("lead_funnel", include_str!("../../schemas/analytics/views/lead_funnel.sql")),
+    ("lead_quality_by_source", include_str!("../../schemas/analytics/views/lead_quality_by_source.sql")),
+    ("time_to_crm", include_str!("../../schemas/analytics/views/time_to_crm.sql")),
+    ("crm_success_by_provider", include_str!("../../schemas/analytics/views/crm_success_by_provider.sql")),
+    ("spam_rate", include_str!("../../schemas/analytics/views/spam_rate.sql")),
+    ("cost_per_lead", include_str!("../../schemas/analytics/views/cost_per_lead.sql")),
+];
+
+/// Where a view's SQL runs. The files name tables as `` `{dataset}.calls` ``: BigQuery gets the dataset's full
+/// name there (terraform does the same replacement); SQLite, whose tables sit in one file, gets the bare name
+/// (SQLite takes backquoted identifiers too). Everything else in the files is SQL both engines read alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect<'a> {
+    BigQuery { project: &'a str, dataset: &'a str },
+    Sqlite,
+}
+
+pub fn view_sql(sql: &str, dialect: Dialect<'_>) -> String {
+    match dialect {
+        Dialect::BigQuery { project, dataset } => sql.replace("{dataset}", &format!("{project}.{dataset}")),
+        Dialect::Sqlite => sql.replace("{dataset}.", ""),
+    }
+}
 
 /// The columns of a table this project streams to, from the repo's schema files; `None` for any other table.
 pub fn table_schema(table: &str) -> Option<Vec<ColumnSchema>> {
@@ -151,7 +189,124 @@ impl StageEvent<'_> {
         put("audio_secs", json!(self.audio_secs));
         let insert_id = format!("{}:{}:{}:{}:{}", c.tenant_id, c.call_id, self.stage, self.outcome, discriminator);
         fields.insert("insert_id".into(), json!(insert_id));
-        AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id, fields }
+        AnalyticsRow { table: CALLS_TABLE.into(), insert_id, fields }
+    }
+}
+
+/// The columns every fact table repeats from its call, so an analyst slices by tenant and source without a join.
+fn call_columns(fields: &mut Map<String, Value>, c: &CallRecord, at: DateTime<Utc>) {
+    fields.insert("event_time".into(), json!(at.to_rfc3339_opts(SecondsFormat::Micros, true)));
+    fields.insert("tenant_id".into(), json!(c.tenant_id.as_str()));
+    fields.insert("call_id".into(), json!(c.call_id.as_str()));
+    fields.insert("call_source".into(), json!(c.source.as_str()));
+    if let Some(source) = &c.lead.source_name {
+        fields.insert("marketing_source".into(), json!(source));
+    }
+}
+
+fn row(table: &str, insert_id: String, mut fields: Map<String, Value>) -> AnalyticsRow {
+    fields.retain(|_, v| !v.is_null());
+    fields.insert("insert_id".into(), json!(insert_id));
+    AnalyticsRow { table: table.into(), insert_id, fields }
+}
+
+/// The `analyses` row of a stored analysis; `discriminator` is the transcript generation it was made from, so a
+/// redelivery lands one row and a re-analysis (a new transcript) another.
+pub fn analysis_row(
+    call: &CallRecord,
+    analysis: &Analysis,
+    at: DateTime<Utc>,
+    duration_ms: f64,
+    discriminator: &str,
+) -> AnalyticsRow {
+    let f = &analysis.findings;
+    let mut fields = Map::new();
+    call_columns(&mut fields, call, at);
+    fields.insert("utm_campaign".into(), json!(call.lead.utm_campaign));
+    fields.insert("analyzer".into(), json!(analysis.analyzer));
+    fields.insert("fallback".into(), json!(analysis.fallback_reason.is_some()));
+    fields.insert("intent".into(), json!(f.intent));
+    fields.insert("project_type".into(), json!(f.project_type));
+    fields.insert("lead_score".into(), json!(f.lead_score));
+    fields.insert("score_band".into(), json!(score_band(f.lead_score)));
+    fields.insert("spam_likelihood".into(), json!(f.spam_likelihood));
+    fields.insert("urgency".into(), json!(f.urgency));
+    fields.insert("budget".into(), json!(f.budget));
+    fields.insert("sentiment".into(), json!(f.sentiment));
+    fields.insert("redactions".into(), json!(analysis.redactions));
+    fields.insert("prompt_tokens".into(), json!(analysis.usage.prompt_tokens));
+    fields.insert("output_tokens".into(), json!(analysis.usage.output_tokens));
+    fields.insert("cost_usd".into(), json!(analysis.usage.cost_usd));
+    fields.insert("duration_ms".into(), json!(duration_ms));
+    let id = format!("{}:{}:analysis:{discriminator}", call.tenant_id, call.call_id);
+    row(ANALYSES_TABLE, id, fields)
+}
+
+/// One CRM push and how it ended.
+pub struct CrmPush<'a> {
+    pub call: &'a CallRecord,
+    /// on-analysis or on-crm-retry.
+    pub stage: &'a str,
+    pub provider: &'a str,
+    /// delivered, retry_scheduled or dead_lettered.
+    pub outcome: &'a str,
+    /// 1 for the lead's first push.
+    pub attempt: u32,
+    pub created: Option<bool>,
+    pub latency_ms: f64,
+    pub at: DateTime<Utc>,
+}
+
+impl CrmPush<'_> {
+    /// The `crm_deliveries` row; `discriminator` is the delivery step's claim key, one per push.
+    pub fn into_row(self, discriminator: &str) -> AnalyticsRow {
+        let c = self.call;
+        let mut fields = Map::new();
+        call_columns(&mut fields, c, self.at);
+        fields.insert("stage".into(), json!(self.stage));
+        fields.insert("provider".into(), json!(self.provider));
+        fields.insert("outcome".into(), json!(self.outcome));
+        fields.insert("attempt".into(), json!(self.attempt));
+        fields.insert("created".into(), json!(self.created));
+        fields.insert("latency_ms".into(), json!(self.latency_ms));
+        // From the webhook's arrival: CallRail posts it as the call ends, so this is the caller's wait.
+        let waited = (self.at - c.created_at).num_milliseconds().max(0) as f64 / 1e3;
+        fields.insert("call_to_crm_secs".into(), json!(waited));
+        let id = format!("{}:{}:crm:{discriminator}", c.tenant_id, c.call_id);
+        row(CRM_DELIVERIES_TABLE, id, fields)
+    }
+}
+
+/// What one stage's vendors cost for one call.
+pub struct StageCost<'a> {
+    pub call: &'a CallRecord,
+    pub stage: &'a str,
+    pub engine: Option<&'a str>,
+    pub audio_secs: Option<f64>,
+    pub prompt_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+    pub api_calls: u32,
+    pub usd: f64,
+    pub at: DateTime<Utc>,
+}
+
+impl StageCost<'_> {
+    /// The `costs` row; `discriminator` names the work (object generation, claim key), so it lands once.
+    pub fn into_row(self, discriminator: &str) -> AnalyticsRow {
+        let c = self.call;
+        let mut fields = Map::new();
+        fields.insert("event_time".into(), json!(self.at.to_rfc3339_opts(SecondsFormat::Micros, true)));
+        fields.insert("tenant_id".into(), json!(c.tenant_id.as_str()));
+        fields.insert("call_id".into(), json!(c.call_id.as_str()));
+        fields.insert("stage".into(), json!(self.stage));
+        fields.insert("engine".into(), json!(self.engine));
+        fields.insert("audio_secs".into(), json!(self.audio_secs));
+        fields.insert("prompt_tokens".into(), json!(self.prompt_tokens));
+        fields.insert("output_tokens".into(), json!(self.output_tokens));
+        fields.insert("api_calls".into(), json!(self.api_calls));
+        fields.insert("usd".into(), json!(self.usd));
+        let id = format!("{}:{}:cost:{}:{discriminator}", c.tenant_id, c.call_id, self.stage);
+        row(COSTS_TABLE, id, fields)
     }
 }
 
@@ -193,9 +348,9 @@ mod tests {
             audio_secs: None,
         }
         .into_row("post_call");
-        let columns: Vec<String> = stage_events_schema().into_iter().map(|c| c.name).collect();
+        let columns: Vec<String> = calls_schema().into_iter().map(|c| c.name).collect();
         for key in row.fields.keys() {
-            assert!(columns.contains(key), "{key} is not a column of {STAGE_EVENTS_TABLE}");
+            assert!(columns.contains(key), "{key} is not a column of {CALLS_TABLE}");
         }
         let text = serde_json::to_string(&row).unwrap();
         assert!(!text.contains("4559") && !text.contains("Kaylah"), "PII in analytics: {text}");
@@ -211,7 +366,7 @@ mod tests {
         for k in ["tenant_id", "call_id", "stage", "outcome"] {
             fields.insert(k.into(), json!("x"));
         }
-        let good = AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: "r1".into(), fields };
+        let good = AnalyticsRow { table: CALLS_TABLE.into(), insert_id: "r1".into(), fields };
         assert_eq!(validate(&good), Ok(()));
         let broken = |f: &dyn Fn(&mut AnalyticsRow)| {
             let mut row = good.clone();

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::domain::analysis::Analysis;
-use crate::domain::analytics::StageEvent;
+use crate::domain::analytics::{CrmPush, StageCost, StageEvent};
 use crate::domain::breaker::{Admit, BreakerPolicy};
 use crate::domain::crm::{CrmDelivery, CrmProvider, CrmSettings, Lead};
 use crate::domain::delivery::{self, CallMessage, CrmRetry, MESSAGE_SCHEMA_VERSION, Next, RetrySchedule};
@@ -404,6 +404,8 @@ pub struct Attempt<'a> {
     started: Instant,
     /// A circuit transition this attempt caused: committed as an analytics row with its outcome.
     breaker_transition: Option<&'static str>,
+    /// The push's own time in milliseconds, once the CRM was called: a `crm_deliveries` row goes with the outcome.
+    pushed_ms: Option<f64>,
 }
 
 impl<'a> Attempt<'a> {
@@ -426,6 +428,7 @@ impl<'a> Attempt<'a> {
             first_failed_at: None,
             started,
             breaker_transition: None,
+            pushed_ms: None,
         }
     }
 
@@ -449,6 +452,7 @@ impl<'a> Attempt<'a> {
             first_failed_at: Some(message.first_failed_at),
             started,
             breaker_transition: None,
+            pushed_ms: None,
         }
     }
 }
@@ -520,10 +524,12 @@ async fn push(service: &Delivery, a: &mut Attempt<'_>, analysis: &Analysis, crm:
     };
     // A connector makes a few requests at most, each under crm.timeout_ms; this bounds them together.
     let limit = Duration::from_millis(crm.timeout_ms.saturating_mul(4));
+    let push_started = Instant::now();
     let pushed = match tokio::time::timeout(limit, connector.push(crm, &push, &credential)).await {
         Ok(result) => result,
         Err(_) => Err(VendorError::Timeout),
     };
+    a.pushed_ms = Some(push_started.elapsed().as_secs_f64() * 1e3);
     // A permanent refusal (validation, auth) is about this lead or this tenant's setup: the CRM answered, so it
     // is up. Only failures a retry could cure count against the circuit.
     let healthy = pushed.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
@@ -698,6 +704,36 @@ async fn commit(
     }
     .into_row(&a.claim.key);
     completion.follow_up.push(row.work());
+    if let (Some(latency_ms), Some(provider)) = (a.pushed_ms, provider) {
+        let created = match &outcome {
+            Outcome::Delivered { created, .. } => Some(*created),
+            _ => None,
+        };
+        let push = CrmPush {
+            call: &after,
+            stage: a.stage,
+            provider,
+            outcome: outcome.name(),
+            attempt: a.failed_before.saturating_add(1),
+            created,
+            latency_ms,
+            at: now,
+        };
+        completion.follow_up.push(push.into_row(&a.claim.key).work());
+        // CRM APIs are not billed per request, but their quotas are: counted, at no cost.
+        let cost = StageCost {
+            call: &after,
+            stage: a.stage,
+            engine: Some(provider),
+            audio_secs: None,
+            prompt_tokens: None,
+            output_tokens: None,
+            api_calls: 1,
+            usd: 0.0,
+            at: now,
+        };
+        completion.follow_up.push(cost.into_row(&a.claim.key).work());
+    }
     if let Some(transition) = a.breaker_transition {
         // Counted in analytics: one row per transition, on the call whose push caused it.
         let breaker = format!("crm:{}", provider.unwrap_or("none"));

@@ -1,5 +1,5 @@
 //! The embedded analytics sink: SQLite tables with the BigQuery tables' columns, created from the same schema
-//! files, so an analyst's query works on either with little change.
+//! files, and the analysts' views from the same SQL files, so an analyst's query works on either.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::writer::{self, Durability, Writer};
 use crate::domain::analytics::{self, AnalyticsRow, ColumnSchema};
-use crate::ports::{AnalyticsSink, PortError, PortResult};
+use crate::ports::{AnalyticsQuery, AnalyticsSink, PortError, PortResult, QueryResult};
 
 #[derive(Clone)]
 pub struct SqliteAnalytics {
@@ -71,6 +71,13 @@ impl SqliteAnalytics {
             conn.execute_batch(&create_table(name, cols))?;
             add_new_columns(&conn, name, cols)?;
         }
+        // Views are definitions, not data: made afresh at every open, so a file from an older version gets the
+        // current ones.
+        for (name, sql) in analytics::VIEWS {
+            let sql = analytics::view_sql(sql, analytics::Dialect::Sqlite);
+            conn.execute_batch(&format!("DROP VIEW IF EXISTS {name}; CREATE VIEW {name} AS {sql}"))
+                .map_err(|e| anyhow::anyhow!("view {name}: {e}"))?;
+        }
         Ok(Self { writer: Writer::start(conn, "analytics"), tables: tables.into() })
     }
 }
@@ -108,21 +115,67 @@ impl AnalyticsSink for SqliteAnalytics {
     }
 }
 
+/// Read-only queries over the embedded analytics file (a host may be writing it: WAL lets both go on).
+pub struct SqliteAnalyticsReader {
+    path: std::path::PathBuf,
+}
+
+impl SqliteAnalyticsReader {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            anyhow::bail!("no analytics at {} yet: the host creates it when it starts", path.display());
+        }
+        Ok(Self { path: path.to_owned() })
+    }
+}
+
+fn from_sql(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::String(format!("<{} bytes>", b.len())),
+    }
+}
+
+#[async_trait]
+impl AnalyticsQuery for SqliteAnalyticsReader {
+    async fn query(&self, sql: &str) -> PortResult<QueryResult> {
+        let (path, sql) = (self.path.clone(), sql.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = rusqlite::Connection::open_with_flags(&path, flags)
+                .map_err(|e| PortError::permanent(format!("{}: {e}", path.display())))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| PortError::retryable(e.to_string()))?;
+            let mut stmt = conn.prepare(&sql).map_err(|e| PortError::permanent(format!("query: {e}")))?;
+            let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+            let width = columns.len();
+            let rows = stmt
+                .query_map([], |r| (0..width).map(|i| r.get_ref(i).map(from_sql)).collect::<Result<Vec<_>, _>>())
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| PortError::permanent(format!("query: {e}")))?;
+            Ok(QueryResult { columns, rows })
+        })
+        .await
+        .map_err(|e| PortError::retryable(format!("query task: {e}")))?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::analytics::{STAGE_EVENTS_TABLE, stage_events_schema};
+    use crate::domain::analytics::{CALLS_TABLE, calls_schema};
     use serde_json::json;
 
     #[tokio::test]
     async fn a_file_from_an_older_schema_gains_the_new_columns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("analytics.sqlite");
-        let old: Vec<ColumnSchema> = stage_events_schema()
-            .into_iter()
-            .filter(|c| !["engine", "audio_secs"].contains(&c.name.as_str()))
-            .collect();
-        rusqlite::Connection::open(&path).unwrap().execute_batch(&create_table(STAGE_EVENTS_TABLE, &old)).unwrap();
+        let old: Vec<ColumnSchema> =
+            calls_schema().into_iter().filter(|c| !["engine", "audio_secs"].contains(&c.name.as_str())).collect();
+        rusqlite::Connection::open(&path).unwrap().execute_batch(&create_table(CALLS_TABLE, &old)).unwrap();
 
         let sink = SqliteAnalytics::open(&path, Durability::Full).unwrap();
         let mut fields = serde_json::Map::new();
@@ -138,12 +191,10 @@ mod tests {
         ] {
             fields.insert(k.into(), v);
         }
-        sink.insert(&[AnalyticsRow { table: STAGE_EVENTS_TABLE.into(), insert_id: "r1".into(), fields }])
-            .await
-            .unwrap();
+        sink.insert(&[AnalyticsRow { table: CALLS_TABLE.into(), insert_id: "r1".into(), fields }]).await.unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         let (engine, secs): (String, f64) =
-            conn.query_row("SELECT engine, audio_secs FROM stage_events", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            conn.query_row("SELECT engine, audio_secs FROM calls", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((engine.as_str(), secs), ("pocketsphinx/en-us", 42.5));
     }
 }

@@ -4,6 +4,6 @@ mod analytics;
 mod state;
 mod writer;
 
-pub use analytics::SqliteAnalytics;
+pub use analytics::{SqliteAnalytics, SqliteAnalyticsReader};
 pub use state::SqliteStateStore;
 pub use writer::{Durability, Writer, open as open_connection};
