@@ -150,7 +150,7 @@ impl AnalyticsQuery for SqliteAnalyticsReader {
                 .map_err(|e| PortError::permanent(format!("{}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| PortError::retryable(e.to_string()))?;
             let mut stmt = conn.prepare(&sql).map_err(|e| PortError::permanent(format!("query: {e}")))?;
-            let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+            let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
             let width = columns.len();
             let rows = stmt
                 .query_map([], |r| (0..width).map(|i| r.get_ref(i).map(from_sql)).collect::<Result<Vec<_>, _>>())
