@@ -18,6 +18,7 @@ mod cleanup_ops;
 mod dead_letters;
 mod receiver;
 mod sign;
+mod tenants;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]
@@ -152,6 +153,12 @@ enum Command {
     /// Check a captured webhook (raw HTTP, or a body and its headers) against the tenant's keys: which key signed
     /// it, or why none did. Exits 1 when the signature is not valid.
     Verify(sign::VerifyArgs),
+    /// Tenants: list them, show one (with a check of its secret references), add or update one. Writes are
+    /// validated as the functions load the file, and the functions pick the new file up without a restart.
+    Tenants {
+        #[command(subcommand)]
+        action: tenants::TenantsAction,
+    },
     /// terraform/generated.tf.json from eventarc/ and shared/schemas/ (the deployment's single sources of truth).
     Terraform {
         #[command(subcommand)]
@@ -204,6 +211,10 @@ async fn main() -> ExitCode {
         Command::Verify(args) => match sign::run_verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Tenants { action } => match tenants::run(action).await {
+            Ok(code) => return code,
             Err(e) => Err(e),
         },
         Command::Terraform { action: TerraformAction::Generate { check } } => terraform_generate(check),

@@ -1,6 +1,9 @@
 //! Secrets from Google Secret Manager (official client, REST), for references `gcp-sm:projects/P/secrets/S`
 //! (the latest version) or `gcp-sm:projects/P/secrets/S/versions/V`. The payload's CRC32C is checked when the
 //! service sends one. Put `CachedSecrets` in front: secrets are read per request, Secret Manager is billed per call.
+//!
+//! `SecretManagerFile` keeps a whole text file as a secret's versions: on Google Cloud the tenants file is one,
+//! mounted into every function (terraform/main.tf), and `callflow tenants` edits it through this.
 
 use std::sync::Arc;
 
@@ -70,6 +73,130 @@ impl SecretSource for SecretManagerSecrets {
     }
 }
 
+/// Where a secret's payload may be: Secret Manager refuses versions over 64 KiB.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// A client for an operator's command: Application Default Credentials with a short retry budget (someone is
+/// waiting), or, with `SECRET_MANAGER_EMULATOR_HOST` set (`host:port` or a URL), a local fake there without
+/// credentials — no Secret Manager emulator exists, and the tests fake its REST API.
+pub async fn operator_client() -> anyhow::Result<SecretManagerService> {
+    use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
+    let mut builder = SecretManagerService::builder().with_retry_policy(Aip194Strict.with_attempt_limit(3));
+    if let Some(url) = super::emulator_url("SECRET_MANAGER_EMULATOR_HOST") {
+        builder = builder
+            .with_endpoint(url)
+            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+    }
+    builder.build().await.map_err(|e| anyhow::anyhow!("Secret Manager client: {e}"))
+}
+
+/// One version of a `SecretManagerFile`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileVersion {
+    pub text: String,
+    /// Its full name, `projects/P/secrets/S/versions/N` (the number, not `latest`).
+    pub version: String,
+}
+
+/// A text file kept as a Secret Manager secret: read its latest version, add a new one. The secret must exist
+/// (terraform creates it); this never creates secrets or changes who may read them.
+pub struct SecretManagerFile {
+    client: SecretManagerService,
+    /// `projects/P/secrets/S`.
+    secret: String,
+}
+
+impl SecretManagerFile {
+    /// `secret` is `projects/P/secrets/S` (a `gcp-sm:` prefix is accepted, a version is not: edits go on top of
+    /// the latest).
+    pub fn new(client: SecretManagerService, secret: &str) -> anyhow::Result<Self> {
+        let secret = secret.strip_prefix(SCHEME).unwrap_or(secret).trim_end_matches('/');
+        anyhow::ensure!(
+            secret.split('/').count() == 4 && version_name(secret).is_some(),
+            "{secret:?} is not a secret name: expected projects/P/secrets/S"
+        );
+        Ok(Self { client, secret: secret.to_owned() })
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The latest enabled version, its payload checked against its CRC32C.
+    pub async fn read_latest(&self) -> anyhow::Result<FileVersion> {
+        let name = format!("{}/versions/latest", self.secret);
+        let resp = self
+            .client
+            .access_secret_version()
+            .set_name(&name)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "read", "roles/secretmanager.secretAccessor"))?;
+        let payload =
+            resp.payload.ok_or_else(|| anyhow::anyhow!("secret {}: answer without a payload", self.secret))?;
+        if let Some(expected) = payload.data_crc32c
+            && i64::from(crc32c::crc32c(&payload.data)) != expected
+        {
+            anyhow::bail!("secret {}: payload failed its CRC32C check", self.secret);
+        }
+        let text = String::from_utf8(payload.data.to_vec())
+            .map_err(|_| anyhow::anyhow!("secret {}: payload is not UTF-8 text", self.secret))?;
+        // The answer names the version `latest` resolved to, which is what an edit is based on.
+        let version = if resp.name.is_empty() { name } else { resp.name };
+        Ok(FileVersion { text, version })
+    }
+
+    /// Add `text` as the new latest version, with its CRC32C so the service checks what it received. `based_on` is
+    /// the version the edit started from: if another version was added since, nothing is added (two edits at
+    /// once would otherwise lose one). Returns the new version's name.
+    pub async fn add_version(&self, based_on: &FileVersion, text: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            text.len() <= MAX_PAYLOAD_BYTES,
+            "secret {}: {} bytes is over Secret Manager's {MAX_PAYLOAD_BYTES}-byte limit per version",
+            self.secret,
+            text.len()
+        );
+        let now = self.read_latest().await?;
+        anyhow::ensure!(
+            now.version == based_on.version,
+            "secret {} has a new version ({}) since this edit read {}; nothing added: run the command again",
+            self.secret,
+            now.version,
+            based_on.version
+        );
+        let data = bytes::Bytes::from(text.to_owned());
+        let payload = google_cloud_secretmanager_v1::model::SecretPayload::new()
+            .set_data_crc32c(i64::from(crc32c::crc32c(&data)))
+            .set_data(data);
+        let version = self
+            .client
+            .add_secret_version()
+            .set_parent(&self.secret)
+            .set_payload(payload)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "add a version to", "roles/secretmanager.secretVersionAdder"))?;
+        Ok(version.name)
+    }
+
+    /// An error an operator can act on: which secret, what was refused, and the role that allows it.
+    fn explain(&self, e: google_cloud_gax::error::Error, what: &str, role: &str) -> anyhow::Error {
+        match e.http_status_code() {
+            Some(403) => anyhow::anyhow!(
+                "cannot {what} secret {}: permission denied (403; the caller needs {role} on it): {e}",
+                self.secret
+            ),
+            Some(404) => {
+                anyhow::anyhow!(
+                    "cannot {what} secret {}: not found, or it has no enabled version (404): {e}",
+                    self.secret
+                )
+            }
+            _ => anyhow::anyhow!("cannot {what} secret {}: {e}", self.secret),
+        }
+    }
+}
+
 /// Routes a reference by its scheme: `env:`/`file:` to the local source, `gcp-sm:` to Secret Manager (when
 /// configured). One source for the functions, whichever mode they run in.
 pub struct SecretsByScheme {
@@ -101,7 +228,7 @@ impl SecretSource for SecretsByScheme {
 
 #[cfg(test)]
 mod tests {
-    use super::version_name;
+    use super::{SecretManagerFile, version_name};
 
     #[test]
     fn references_name_a_version() {
@@ -110,6 +237,22 @@ mod tests {
         for bad in ["projects/p/secrets", "projects/p/secrets/s/versions", "projects/../secrets/s", "x/p/secrets/s", ""]
         {
             assert_eq!(version_name(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_secret_is_named_without_a_version() {
+        let client = google_cloud_secretmanager_v1::client::SecretManagerService::builder()
+            .with_endpoint("http://127.0.0.1:1")
+            .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+            .build()
+            .await
+            .unwrap();
+        let ok = SecretManagerFile::new(client.clone(), "gcp-sm:projects/p/secrets/tenants").unwrap();
+        assert_eq!(ok.secret(), "projects/p/secrets/tenants");
+        for bad in ["projects/p/secrets/tenants/versions/3", "projects/p", "tenants"] {
+            let err = SecretManagerFile::new(client.clone(), bad).err().unwrap().to_string();
+            assert!(err.contains("expected projects/P/secrets/S"), "{bad}: {err}");
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::adapters::dir_objects::DirObjectStore;
 use crate::adapters::local_router::{LocalRouter, RoutedObjectStore};
 use crate::adapters::local_secrets::{CachedSecrets, LocalSecrets};
 use crate::adapters::sqlite::{Durability, SqliteAnalytics, SqliteStateStore};
-use crate::adapters::tenants_file::FileTenants;
+use crate::adapters::tenants_file::ReloadingTenants;
 use crate::eventarc::Triggers;
 
 pub struct Embedded {
@@ -19,7 +19,8 @@ pub struct Embedded {
     pub objects: Arc<RoutedObjectStore>,
     pub router: Arc<LocalRouter>,
     pub analytics: Arc<SqliteAnalytics>,
-    pub tenants: Arc<FileTenants>,
+    /// The tenants file, followed: an edited file (or secret version) is served without a restart.
+    pub tenants: Arc<ReloadingTenants>,
     pub secrets: Arc<CachedSecrets>,
 }
 
@@ -33,7 +34,7 @@ impl Embedded {
         durability: Durability,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let tenants = FileTenants::load(tenants_file)?;
+        let tenants = ReloadingTenants::load(tenants_file)?;
         let secrets_dir = tenants_file.parent().map(Path::to_path_buf).unwrap_or_default();
         let router = Arc::new(LocalRouter::open(&data_dir.join("router.sqlite"), triggers, durability)?);
         let objects = Arc::new(DirObjectStore::new(data_dir.join("objects")));

@@ -17,7 +17,7 @@ use crate::adapters::gcs::GcsObjectStore;
 use crate::adapters::local_secrets::{CachedSecrets, LocalSecrets};
 use crate::adapters::secret_manager::{SecretManagerSecrets, SecretsByScheme};
 use crate::adapters::spanner::SpannerStateStore;
-use crate::adapters::tenants_file::FileTenants;
+use crate::adapters::tenants_file::ReloadingTenants;
 use crate::eventarc::Triggers;
 
 /// Where the Google backends live, beyond what the trigger definitions say.
@@ -49,15 +49,17 @@ pub struct Google {
     pub state: Arc<SpannerStateStore>,
     pub objects: Arc<GcsObjectStore>,
     pub analytics: Arc<BigQuerySink>,
-    pub tenants: Arc<FileTenants>,
+    /// The tenants file, followed: an edited file (or secret version) is served without a restart.
+    pub tenants: Arc<ReloadingTenants>,
     pub secrets: Arc<CachedSecrets>,
 }
 
 impl Google {
-    /// Tenants still come from a TOML file deployed with the function (secret references in it may point at
-    /// Secret Manager with `gcp-sm:`).
+    /// Tenants come from a TOML file (on Google Cloud, the Secret Manager secret mounted into the function:
+    /// terraform/main.tf), followed for new versions; secret references in it may point at Secret Manager with
+    /// `gcp-sm:`.
     pub async fn connect(config: &GoogleConfig, triggers: &Triggers, tenants_file: &Path) -> anyhow::Result<Self> {
-        let tenants = FileTenants::load(tenants_file)?;
+        let tenants = ReloadingTenants::load(tenants_file)?;
         let secrets_dir = tenants_file.parent().map(Path::to_path_buf).unwrap_or_default();
         let secret_manager = SecretManagerSecrets::connect().await.context("Secret Manager client")?;
         let secrets = SecretsByScheme::new(LocalSecrets::new(secrets_dir), Some(Arc::new(secret_manager)));
