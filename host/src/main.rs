@@ -46,7 +46,8 @@ enum Command {
         #[command(subcommand)]
         action: analytics::AnalyticsAction,
     },
-    /// Events the router gave up on, and work the functions dead-lettered.
+    /// Events the pipeline gave up on (the local router's; Pub/Sub's on the emulators and Google Cloud), and work
+    /// the functions dead-lettered.
     DeadLetters {
         #[command(subcommand)]
         action: dead_letters::DeadLetterAction,

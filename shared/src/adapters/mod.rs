@@ -16,6 +16,7 @@ pub mod notify_sendgrid;
 pub mod notify_slack;
 pub mod pocketsphinx;
 pub mod pubsub;
+pub mod pubsub_dead_letters;
 pub mod secret_manager;
 pub mod spanner;
 pub mod speech;
