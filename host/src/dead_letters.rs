@@ -53,6 +53,11 @@ pub enum DeadLetterAction {
         /// Replay every dead-lettered event.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// Only the events of this trigger (e.g. `transcript-finalized`), with --all (embedded host).
+        #[arg(long, requires = "all")]
+        trigger: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Push leads the CRM refused again once the tenant has fixed their CRM (dead letters of kind `crm`): each
     /// call goes back to `analysed` and a fresh retry chain starts. A running host delivers them within a second.
@@ -297,17 +302,38 @@ pub async fn run(action: DeadLetterAction) -> anyhow::Result<()> {
             }
             anyhow::bail!("no dead letter {id} (see `callflow dead-letters list`)")
         }
-        DeadLetterAction::Replay { ids, all } => {
+        DeadLetterAction::Replay { ids, all, trigger, json } => {
             if ids.is_empty() && !all {
-                anyhow::bail!("name dead letters with --id N (repeatable) or use --all");
+                anyhow::bail!("name dead letters with --id N (repeatable) or use --all [--trigger NAME]");
             }
-            let Some(router) = b.router.as_ref() else { return replay_pubsub(&b, ids, all).await };
-            let ids = ids
+            let Some(router) = b.router.as_ref() else {
+                anyhow::ensure!(trigger.is_none(), "--trigger filters the embedded router's events only");
+                return replay_pubsub(&b, ids, all).await;
+            };
+            let mut ids = ids
                 .iter()
                 .map(|id| id.parse::<i64>().with_context(|| format!("router dead letter ids are numbers: {id:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let n = router.replay(if all { None } else { Some(ids) }).await?;
-            println!("replayed {n} event(s); a running host delivers them now");
+            let waiting = router.dead_letters().await?;
+            if let Some(missing) = ids.iter().find(|id| !waiting.iter().any(|e| e.id == **id)) {
+                anyhow::bail!("no router dead letter {missing} (see `dead-letters list`)");
+            }
+            if all {
+                let names: Vec<&str> = b.triggers.triggers.iter().map(|t| t.name.as_str()).collect();
+                if let Some(name) = &trigger
+                    && !names.contains(&name.as_str())
+                {
+                    anyhow::bail!("no trigger {name:?} in eventarc/triggers.toml (one of: {})", names.join(", "));
+                }
+                ids =
+                    waiting.iter().filter(|e| trigger.as_ref().is_none_or(|t| &e.trigger == t)).map(|e| e.id).collect();
+            }
+            let n = if ids.is_empty() { 0 } else { router.replay(Some(ids.clone())).await? };
+            if json {
+                println!("{}", json!({ "replayed": n, "ids": ids }));
+            } else {
+                println!("replayed {n} event(s); a running host delivers them now");
+            }
             Ok(())
         }
         DeadLetterAction::ReplayLeads { ids, tenant, all, json } => {

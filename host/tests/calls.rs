@@ -239,3 +239,63 @@ async fn a_backfill_ingests_the_ranges_missing_calls_once_and_resumes_where_it_s
     let again = cli(vars, &["backfill", "--tenant", ACME, "--from", &from, "--to", &to]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("was backfilled already"));
 }
+
+/// Events the embedded router gave up on, replayed by id and by trigger: each goes back to the queue once, and a
+/// wrong id or trigger is refused with the reason and moves nothing.
+#[tokio::test]
+async fn router_dead_letters_are_replayed_one_by_id_or_all_of_a_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = chain::host_env(dir.path(), "http://127.0.0.1:1", &[], &[]);
+    let data = std::path::PathBuf::from(&vars.iter().find(|(k, _)| k == "CALLFLOW_DATA_DIR").unwrap().1);
+    let router_db = data.join("router.sqlite");
+    let triggers = callflow::eventarc::load(&common::repo().join("eventarc"), "embedded").unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    drop(
+        callflow::adapters::local_router::LocalRouter::open(
+            &router_db,
+            triggers,
+            callflow::adapters::sqlite::Durability::Full,
+        )
+        .unwrap(),
+    );
+    let db = rusqlite::Connection::open(&router_db).unwrap();
+    for (n, trigger, destination) in [
+        (1, "recording-finalized", "on-audio-uploaded"),
+        (2, "transcript-finalized", "on-transcript"),
+        (3, "transcript-finalized", "on-transcript"),
+    ] {
+        db.execute(
+            "INSERT INTO dead_letters (trigger, destination, ce_id, ce_source, ce_type, ce_subject, ce_time, body,
+                                       attempts, last_status, reason, dead_lettered_at)
+             VALUES (?1, ?2, ?3, 'src', 'google.cloud.storage.object.v1.finalized', NULL, '2026-11-22T10:00:00Z',
+                     x'7b7d', 5, 500, 'answered 500', '2026-11-22T10:05:00Z')",
+            rusqlite::params![trigger, destination, format!("ev-{n}")],
+        )
+        .unwrap();
+    }
+    let waiting = |db: &rusqlite::Connection| -> (i64, i64) {
+        let count = |table: &str| db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap();
+        (count("dead_letters"), count("events"))
+    };
+    let json = |out: &Output| -> Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let wrong = cli(&vars, &["dead-letters", "replay", "--all", "--trigger", "transcript-finalised"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("one of: recording-finalized, transcript-finalized"));
+    let missing = cli(&vars, &["dead-letters", "replay", "--id", "99"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no router dead letter 99"));
+    assert_eq!(waiting(&db), (3, 0), "refusals move nothing");
+
+    let by_trigger =
+        json(&cli(&vars, &["dead-letters", "replay", "--all", "--trigger", "transcript-finalized", "--json"]));
+    assert_eq!(by_trigger, serde_json::json!({"replayed": 2, "ids": [2, 3]}));
+    assert_eq!(waiting(&db), (1, 2));
+    let one = json(&cli(&vars, &["dead-letters", "replay", "--id", "1", "--json"]));
+    assert_eq!(one, serde_json::json!({"replayed": 1, "ids": [1]}));
+    assert_eq!(waiting(&db), (0, 3));
+    let again = cli(&vars, &["dead-letters", "replay", "--id", "1"]);
+    assert!(!again.status.success(), "a replayed letter is not replayed twice");
+}
