@@ -225,3 +225,47 @@ async fn bigquery_views_return_what_the_sqlite_views_return() {
         eprintln!("{view}: {} rows alike", lite.rows.len());
     }
 }
+
+/// The SQL of README's "For analysts" questions.
+fn readme_questions() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("\n## For analysts\n").nth(1).expect("README has a For analysts section");
+    let section = section.split("\n## ").next().unwrap();
+    let questions: Vec<String> =
+        section.split("```sql\n").skip(1).map(|block| block.split("```").next().unwrap().to_owned()).collect();
+    assert_eq!(questions.len(), 5, "five example questions");
+    questions
+}
+
+#[tokio::test]
+async fn the_readme_questions_run_on_sqlite_and_answer_the_fixture_day() {
+    let rows = fixture_day();
+    let (_dir, db) = sqlite(&rows).await;
+    for sql in readme_questions() {
+        let answer = db.query(&sql).await.unwrap_or_else(|e| panic!("{e}\n{sql}"));
+        assert!(!answer.rows.is_empty(), "no answer on the fixture day:\n{sql}");
+        eprintln!("{sql}{:?}\n{:?}\n", answer.columns, answer.rows);
+    }
+}
+
+#[tokio::test]
+async fn the_readme_questions_answer_alike_on_bigquery() {
+    let Some((bq, project, dataset)) = bigquery().await else { return };
+    let rows = fixture_day();
+    let (_dir, db) = sqlite(&rows).await;
+    bq.insert(&rows).await.unwrap();
+    bq.insert(&rows).await.unwrap();
+    for sql in readme_questions() {
+        // bqemulator ignores a query's default dataset, which BigQuery honours: the view is named in full here.
+        let mut qualified = sql.clone();
+        for (view, _) in VIEWS {
+            qualified = qualified.replace(&format!("FROM {view}\n"), &format!("FROM `{project}.{dataset}.{view}`\n"));
+        }
+        assert_ne!(qualified, sql, "the question reads a view");
+        let (lite, big) = (db.query(&sql).await.unwrap(), bq.query(&qualified).await.unwrap());
+        assert_eq!(big.columns, lite.columns, "{sql}");
+        // ORDER BY is part of each question: the rows come in the same order too.
+        let text = |a: &QueryResult| a.rows.iter().map(|r| r.iter().map(normal).collect()).collect::<Vec<Vec<_>>>();
+        assert_eq!(text(&big), text(&lite), "{sql}");
+    }
+}
