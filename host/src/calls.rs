@@ -36,13 +36,7 @@ pub async fn run(action: CallsAction) -> anyhow::Result<()> {
         p.state.call(&tenant_id, &call_id).await?.ok_or_else(|| anyhow::anyhow!("{tenant} has no call {call}"))?;
     let analysis = p.state.analysis(&tenant_id, &call_id).await?;
     let delivery = p.state.delivery(&tenant_id, &call_id).await?;
-    let dead_letters: Vec<_> = p
-        .state
-        .dead_letters(Some(tenant_id.as_str()), 100_000)
-        .await?
-        .into_iter()
-        .filter(|d| d.call_id == call_id.as_str())
-        .collect();
+    let dead_letters = p.state.call_dead_letters(&tenant_id, &call_id).await?;
     // The record keeps `bucket/name`.
     let recording = match record.recording_object.as_deref().and_then(|o| o.split_once('/')) {
         Some((bucket, name)) => p.objects.head(bucket, name).await?,

@@ -273,9 +273,8 @@ pub async fn run(action: DeadLetterAction) -> anyhow::Result<()> {
             Ok(())
         }
         DeadLetterAction::Inspect { id, json } => {
-            let work = b.state.dead_letters(None, 100_000).await?;
-            if let Some(w) = work.iter().find(|w| w.id == id) {
-                let doc = work_json(w);
+            if let Some(w) = b.state.dead_letter(&id).await? {
+                let doc = work_json(&w);
                 if json {
                     println!("{doc}");
                 } else {
@@ -341,7 +340,16 @@ pub async fn run(action: DeadLetterAction) -> anyhow::Result<()> {
                 anyhow::bail!("name dead letters with --id ID (repeatable), --tenant TENANT or --all");
             }
             let policy = on_analysis::Settings::from_env()?.policy;
-            let letters = b.state.dead_letters(tenant.as_deref(), 100_000).await?;
+            // Named letters are read one by one; a tenant's or everyone's are listed.
+            let letters = if ids.is_empty() {
+                b.state.dead_letters(tenant.as_deref(), 100_000).await?
+            } else {
+                let mut found = Vec::new();
+                for id in &ids {
+                    found.extend(b.state.dead_letter(id).await?);
+                }
+                found
+            };
             let chosen: Vec<_> = letters
                 .iter()
                 .filter(|d| d.kind == "crm" && d.replayed_at.is_none())

@@ -91,6 +91,12 @@ pub trait StateStore: Send + Sync {
     /// Dead letters, oldest first: failed work, refused events and stages given up on. `tenant` narrows to one.
     async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>>;
 
+    /// One dead letter by the id `dead_letters` gives it; None for an id it never gave.
+    async fn dead_letter(&self, id: &str) -> PortResult<Option<DeadLetter>>;
+
+    /// One call's dead letters, oldest first.
+    async fn call_dead_letters(&self, tenant: &TenantId, call: &CallId) -> PortResult<Vec<DeadLetter>>;
+
     /// The call's analysis (stored by a completion that carried one).
     async fn analysis(&self, tenant: &TenantId, call: &CallId)
     -> PortResult<Option<crate::domain::analysis::Analysis>>;

@@ -226,6 +226,18 @@ async fn dead_letters_keep_refused_events_once(store: Arc<dyn StateStore>) {
     assert_eq!((stage.call_id.as_str(), stage.attempts), ("CALgiveup", 1));
     assert_eq!(stage.reason, "speech failed 5 times");
     assert_eq!(store.dead_letters(None, 1).await.unwrap().len(), 1, "the limit holds");
+
+    // Found by id, and by call, without listing everything.
+    assert_eq!(store.dead_letter(&stage.id).await.unwrap().as_ref(), Some(stage));
+    assert_eq!(store.dead_letter(&event.id).await.unwrap().as_ref(), Some(event));
+    for nobody in ["999999999", "not-a-number", ""] {
+        assert_eq!(store.dead_letter(nobody).await.unwrap(), None, "{nobody:?}");
+    }
+    assert_eq!(store.call_dead_letters(&tenant, &call).await.unwrap(), vec![stage.clone()]);
+    let other = TenantId::parse("bayside").unwrap();
+    assert!(store.call_dead_letters(&other, &call).await.unwrap().is_empty(), "another tenant's call is not this one");
+    let nope = CallId::parse("CALnope").unwrap();
+    assert_eq!(store.call_dead_letters(&tenant, &nope).await.unwrap(), vec![event.clone()]);
 }
 
 async fn analyses_are_stored_with_the_transition(store: Arc<dyn StateStore>) {

@@ -524,6 +524,35 @@ impl SpannerStateStore {
     }
 }
 
+const DEAD_LETTER_SELECT: &str = "SELECT tenant_id, id, call_id, kind, payload, attempts, reason, created_at, \
+     replayed_at FROM dead_letters";
+
+impl SpannerStateStore {
+    async fn query_dead_letters(&self, stmt: Statement) -> PortResult<Vec<DeadLetter>> {
+        let mut tx = self.client.single().await.map_err(port_err)?;
+        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
+            let read = || -> Result<DeadLetter, SpannerError> {
+                let payload: String = row.column_by_name("payload")?;
+                Ok(DeadLetter {
+                    id: row.column_by_name::<i64>("id")?.to_string(),
+                    replayed_at: row.column_by_name::<Option<OffsetDateTime>>("replayed_at")?.map(from_ts),
+                    tenant_id: row.column_by_name("tenant_id")?,
+                    call_id: row.column_by_name("call_id")?,
+                    kind: row.column_by_name("kind")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+                    attempts: row.column_by_name::<i64>("attempts")? as u32,
+                    reason: row.column_by_name("reason")?,
+                    created_at: from_ts(row.column_by_name("created_at")?),
+                })
+            };
+            out.push(read().map_err(port_err)?);
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl StateStore for SpannerStateStore {
     async fn scan_calls(&self, tenant: &TenantId, scan: &CallScan) -> PortResult<Vec<CallRecord>> {
@@ -1150,33 +1179,30 @@ impl StateStore for SpannerStateStore {
     }
 
     async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>> {
-        let mut tx = self.client.single().await.map_err(port_err)?;
-        let mut stmt = Statement::new(
-            "SELECT tenant_id, id, call_id, kind, payload, attempts, reason, created_at, replayed_at FROM dead_letters
-             WHERE @tenant IS NULL OR tenant_id = @tenant ORDER BY created_at, id LIMIT @limit",
-        );
+        let mut stmt = Statement::new(format!(
+            "{DEAD_LETTER_SELECT} WHERE @tenant IS NULL OR tenant_id = @tenant ORDER BY created_at, id LIMIT @limit"
+        ));
         stmt.add_param("tenant", &tenant.map(str::to_owned));
         stmt.add_param("limit", &(limit as i64));
-        let mut rows = tx.query(stmt).await.map_err(|e| port_err(e.into()))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await.map_err(|e| port_err(e.into()))? {
-            let read = || -> Result<DeadLetter, SpannerError> {
-                let payload: String = row.column_by_name("payload")?;
-                Ok(DeadLetter {
-                    id: row.column_by_name::<i64>("id")?.to_string(),
-                    replayed_at: row.column_by_name::<Option<OffsetDateTime>>("replayed_at")?.map(from_ts),
-                    tenant_id: row.column_by_name("tenant_id")?,
-                    call_id: row.column_by_name("call_id")?,
-                    kind: row.column_by_name("kind")?,
-                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
-                    attempts: row.column_by_name::<i64>("attempts")? as u32,
-                    reason: row.column_by_name("reason")?,
-                    created_at: from_ts(row.column_by_name("created_at")?),
-                })
-            };
-            out.push(read().map_err(port_err)?);
-        }
-        Ok(out)
+        self.query_dead_letters(stmt).await
+    }
+
+    async fn dead_letter(&self, id: &str) -> PortResult<Option<DeadLetter>> {
+        let Ok(id) = id.parse::<i64>() else { return Ok(None) };
+        // dead_letters_by_id (migration 0004) serves this without the tenant.
+        let mut stmt = Statement::new(format!("{DEAD_LETTER_SELECT} WHERE id = @id"));
+        stmt.add_param("id", &id);
+        Ok(self.query_dead_letters(stmt).await?.into_iter().next())
+    }
+
+    async fn call_dead_letters(&self, tenant: &TenantId, call: &CallId) -> PortResult<Vec<DeadLetter>> {
+        // Within the tenant's key range: a tenant has few dead letters.
+        let mut stmt = Statement::new(format!(
+            "{DEAD_LETTER_SELECT} WHERE tenant_id = @tenant AND call_id = @call ORDER BY created_at, id"
+        ));
+        stmt.add_param("tenant", &tenant.to_string());
+        stmt.add_param("call", &call.to_string());
+        self.query_dead_letters(stmt).await
     }
 
     async fn release_stage(&self, claim: &StageClaim, error: &str) -> PortResult<()> {

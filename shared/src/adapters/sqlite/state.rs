@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     replayed_at TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant_id, created_at);
+CREATE INDEX IF NOT EXISTS dead_letters_call ON dead_letters (tenant_id, call_id);
 -- One row per unit of an event-driven stage's work (e.g. transcribe:{generation}); times in µs.
 CREATE TABLE IF NOT EXISTS stage_runs (
     tenant_id   TEXT NOT NULL,
@@ -480,6 +481,24 @@ impl SqliteStateStore {
         })
         .await
     }
+}
+
+const DEAD_LETTER_SELECT: &str =
+    "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at, id, replayed_at FROM dead_letters";
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let payload: String = r.get(3)?;
+    Ok(DeadLetter {
+        id: r.get::<_, i64>(7)?.to_string(),
+        replayed_at: r.get::<_, Option<String>>(8)?.as_deref().map(parse_time).transpose()?,
+        tenant_id: r.get(0)?,
+        call_id: r.get(1)?,
+        kind: r.get(2)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+        attempts: r.get(4)?,
+        reason: r.get(5)?,
+        created_at: parse_time(&r.get::<_, String>(6)?)?,
+    })
 }
 
 #[async_trait]
@@ -1041,25 +1060,27 @@ impl StateStore for SqliteStateStore {
     async fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> PortResult<Vec<DeadLetter>> {
         let tenant = tenant.map(str::to_owned);
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT tenant_id, call_id, kind, payload, attempts, reason, created_at, id, replayed_at
-                 FROM dead_letters WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![tenant, limit as i64], |r| {
-                let payload: String = r.get(3)?;
-                Ok(DeadLetter {
-                    id: r.get::<_, i64>(7)?.to_string(),
-                    replayed_at: r.get::<_, Option<String>>(8)?.as_deref().map(parse_time).transpose()?,
-                    tenant_id: r.get(0)?,
-                    call_id: r.get(1)?,
-                    kind: r.get(2)?,
-                    payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
-                    attempts: r.get(4)?,
-                    reason: r.get(5)?,
-                    created_at: parse_time(&r.get::<_, String>(6)?)?,
-                })
-            })?;
-            rows.collect()
+            let sql = format!("{DEAD_LETTER_SELECT} WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY id LIMIT ?2");
+            c.prepare_cached(&sql)?.query_map(params![tenant, limit as i64], dead_letter_row)?.collect()
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: &str) -> PortResult<Option<DeadLetter>> {
+        // Ids this store gives are integers; anything else names none of its letters.
+        let Ok(id) = id.parse::<i64>() else { return Ok(None) };
+        self.read(move |c| {
+            let sql = format!("{DEAD_LETTER_SELECT} WHERE id = ?1");
+            c.prepare_cached(&sql)?.query_row(params![id], dead_letter_row).optional()
+        })
+        .await
+    }
+
+    async fn call_dead_letters(&self, tenant: &TenantId, call: &CallId) -> PortResult<Vec<DeadLetter>> {
+        let (tenant, call) = (tenant.to_string(), call.to_string());
+        self.read(move |c| {
+            let sql = format!("{DEAD_LETTER_SELECT} WHERE tenant_id = ?1 AND call_id = ?2 ORDER BY id");
+            c.prepare_cached(&sql)?.query_map(params![tenant, call], dead_letter_row)?.collect()
         })
         .await
     }
