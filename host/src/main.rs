@@ -9,6 +9,7 @@ mod analytics;
 mod backfill;
 mod bench;
 mod bench_adapters;
+mod bench_analytics;
 mod bench_chain;
 mod bench_cleanup;
 mod bench_delivery;
@@ -134,6 +135,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         requests: usize,
     },
+    /// Measure the analysts' views on the embedded SQLite sink: the fixture day's rows copied DAYS x COPIES times
+    /// over TENANTS tenants, inserted as the outbox inserts them, then each view and README's questions read whole.
+    BenchAnalytics {
+        #[arg(long, default_value_t = 30)]
+        days: usize,
+        #[arg(long, default_value_t = 40)]
+        copies: usize,
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+    },
     /// Measure on-audio-uploaded's own overhead (engine excluded) on the embedded backends.
     BenchTranscribeStage {
         #[arg(long, default_value_t = 2_000)]
@@ -225,6 +236,7 @@ async fn main() -> ExitCode {
             bench_chain::run(calls, rate, seconds, concurrency).await
         }
         Command::BenchCleanup { calls, requests } => bench_cleanup::run(calls, requests).await,
+        Command::BenchAnalytics { days, copies, tenants } => bench_analytics::run(days, copies, tenants).await,
         Command::BenchTranscribeStage { calls, concurrency } => bench_stage::run(calls, concurrency).await,
         Command::BenchDelivery { leads, concurrency, backlog } => {
             bench_delivery::run(leads, concurrency, backlog).await
