@@ -209,6 +209,26 @@ async fn main() -> ExitCode {
     } else {
         telemetry::init_stderr("callflow");
     }
+    // An operator's command piped into `head` should stop quietly, as a Unix tool does, rather than panic on a
+    // closed stdout. Only for the commands that print and exit: the hosts keep Rust's default, so a speech
+    // engine child that dies under them is an error to handle, not a signal that kills the process.
+    let prints = matches!(
+        cli.command,
+        Some(
+            Command::Analytics { .. }
+                | Command::DeadLetters { .. }
+                | Command::Erasure { .. }
+                | Command::Cleanup { .. }
+                | Command::Calls { .. }
+                | Command::Backfill(_)
+                | Command::Sign(_)
+                | Command::Verify(_)
+                | Command::Tenants { .. }
+        )
+    );
+    if prints {
+        sigpipe::reset();
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve_all().await,
         Command::Analytics { action } => analytics::run(action).await,
