@@ -98,7 +98,13 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     eprintln!("provisioned in {} ms: {:?}", started.elapsed().as_millis(), done);
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-analysis-complete"));
     assert!(done.subscriptions.iter().any(|s| s == "eventarc-cleanup-scheduled"));
-    assert_eq!(done.tables, [format!("{dataset}.calls"), format!("{dataset}.cleanup_runs")]);
+    // Every table the sinks stream to, then the analysts' views over them.
+    let made: Vec<String> = callflow::domain::analytics::TABLES
+        .iter()
+        .chain(callflow::domain::analytics::VIEWS)
+        .map(|(name, _)| format!("{dataset}.{name}"))
+        .collect();
+    assert_eq!(done.tables, made);
     // Provisioning again converges: existing resources are kept or brought to the definitions, not an error.
     callflow_host::topology::provision(&triggers, &database, &dataset, &push_to).await.unwrap();
 
@@ -422,6 +428,32 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     })
     .await;
     assert_eq!(outcomes, ["on-analysis:retry_scheduled", "on-crm-retry:delivered"]);
+    // The analysts' view on BigQuery sees the call as delivered after two pushes.
+    let lead = wait_for("the call in the leads view", Duration::from_secs(30), async || {
+        let answer: Value = http
+            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
+            .json(&json!({
+                "query": format!(
+                    "SELECT analysed, qualified, delivered, crm_pushes, crm_provider, project_type \
+                     FROM `{PROJECT}.{dataset}.leads` WHERE call_id = '{call}'"
+                ),
+                "useLegacySql": false,
+            }))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let row: Vec<String> = answer["rows"].as_array()?.first()?["f"]
+            .as_array()?
+            .iter()
+            .map(|c| c["v"].as_str().unwrap_or("").to_owned())
+            .collect();
+        (row[2] == "1" && row[3] == "2").then_some(row)
+    })
+    .await;
+    assert_eq!(lead, ["1", "1", "1", "2", "webhook", "roofing"]);
 
     // Cloud Scheduler's part: the `cleanup` schedule fired now, pushed by the emulator to cleanup-scheduled.
     wait_for("cleanup-scheduled to listen", Duration::from_secs(30), async || {
