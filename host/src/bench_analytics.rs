@@ -35,7 +35,7 @@ fn copy(row: &AnalyticsRow, k: usize, tenants: usize, shift: Duration) -> Analyt
     }
     // Tenant 0 keeps the fixture's names, so README's questions about Acme find Acme.
     if let Some(Value::String(t)) = out.fields.get_mut("tenant_id")
-        && k % tenants != 0
+        && !k.is_multiple_of(tenants)
     {
         t.push_str(&format!("-{}", k % tenants));
     }
