@@ -2,12 +2,13 @@
 -- reached the CRM and what it cost. The other views count over this one. A row a retried stream stored twice is
 -- counted once (BigQuery's insertId dedupe is best effort), and `day` is the UTC day the lead arrived.
 -- Written once for BigQuery and SQLite: see `view_sql` in shared/src/domain/analytics.rs.
+-- Rows a retried stream stored twice are the same row: the MIN/MAX and first-row-of readings below need no
+-- dedupe, and the sums (cost) read each insert_id once.
 WITH steps AS (
-  SELECT * FROM (
-    SELECT t.*, ROW_NUMBER() OVER (PARTITION BY t.insert_id ORDER BY t.event_time) AS copy
-    FROM `{dataset}.calls` AS t
-  ) AS d
-  WHERE copy = 1 AND stage <> 'crm-breaker'
+  SELECT insert_id, event_time, tenant_id, call_id, stage, outcome, call_state, call_source, marketing_source,
+    utm_source, utm_medium, utm_campaign, answered
+  FROM `{dataset}.calls`
+  WHERE stage <> 'crm-breaker'
 ),
 journey AS (
   SELECT
@@ -66,10 +67,9 @@ cost AS (
     SUM(COALESCE(prompt_tokens, 0) + COALESCE(output_tokens, 0)) AS llm_tokens,
     SUM(api_calls) AS api_calls
   FROM (
-    SELECT c.*, ROW_NUMBER() OVER (PARTITION BY c.insert_id ORDER BY c.event_time) AS copy
-    FROM `{dataset}.costs` AS c
+    SELECT DISTINCT insert_id, tenant_id, call_id, usd, audio_secs, prompt_tokens, output_tokens, api_calls
+    FROM `{dataset}.costs`
   ) AS d
-  WHERE copy = 1
   GROUP BY tenant_id, call_id
 )
 SELECT
