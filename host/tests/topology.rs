@@ -63,6 +63,30 @@ async fn receiver() -> (String, Inbox) {
     (url, inbox)
 }
 
+/// A query on the BigQuery emulator: each row's cells as text; None until it answers with rows.
+async fn bq_rows(http: &reqwest::Client, bigquery: &str, sql: String) -> Option<Vec<Vec<String>>> {
+    let answer: Value = http
+        .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
+        .json(&json!({"query": sql, "useLegacySql": false}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let cell = |c: &Value| match &c["v"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Some(
+        answer["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| r["f"].as_array().into_iter().flatten().map(cell).collect())
+            .collect(),
+    )
+}
+
 async fn wait_for<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -365,23 +389,11 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let bigquery = std::env::var("BIGQUERY_EMULATOR_HOST").unwrap();
     let bigquery = if bigquery.contains("://") { bigquery } else { format!("http://{bigquery}") };
     let outcomes = wait_for("the analytics rows", Duration::from_secs(30), async || {
-        let answer: Value = http
-            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
-            .json(&json!({
-                "query": format!(
-                    "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
-                     AND stage NOT IN ('on-analysis', 'on-crm-retry') ORDER BY outcome"
-                ),
-                "useLegacySql": false,
-            }))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let outcomes: Vec<String> =
-            answer["rows"].as_array()?.iter().filter_map(|r| r["f"][0]["v"].as_str().map(str::to_owned)).collect();
+        let sql = format!(
+            "SELECT DISTINCT outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
+             AND stage NOT IN ('on-analysis', 'on-crm-retry') ORDER BY outcome"
+        );
+        let outcomes: Vec<String> = bq_rows(&http, &bigquery, sql).await?.into_iter().map(|r| r[0].clone()).collect();
         (outcomes.len() >= 4).then_some(outcomes)
     })
     .await;
@@ -404,52 +416,23 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let lead: Value = serde_json::from_slice(&pushes[1].body).unwrap();
     assert_eq!(lead["lead"]["project_type"], "roofing");
     let outcomes = wait_for("the delivery rows", Duration::from_secs(30), async || {
-        let answer: Value = http
-            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
-            .json(&json!({
-                "query": format!(
-                    "SELECT stage, outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
-                     AND stage IN ('on-analysis', 'on-crm-retry') ORDER BY stage"
-                ),
-                "useLegacySql": false,
-            }))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let rows: Vec<String> = answer["rows"]
-            .as_array()?
-            .iter()
-            .map(|r| format!("{}:{}", r["f"][0]["v"].as_str().unwrap_or(""), r["f"][1]["v"].as_str().unwrap_or("")))
-            .collect();
+        let sql = format!(
+            "SELECT stage, outcome FROM `{PROJECT}.{dataset}.calls` WHERE call_id = '{call}' \
+             AND stage IN ('on-analysis', 'on-crm-retry') ORDER BY stage"
+        );
+        let rows: Vec<String> =
+            bq_rows(&http, &bigquery, sql).await?.into_iter().map(|r| format!("{}:{}", r[0], r[1])).collect();
         (rows.len() >= 2).then_some(rows)
     })
     .await;
     assert_eq!(outcomes, ["on-analysis:retry_scheduled", "on-crm-retry:delivered"]);
     // The analysts' view on BigQuery sees the call as delivered after two pushes.
     let lead = wait_for("the call in the leads view", Duration::from_secs(30), async || {
-        let answer: Value = http
-            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
-            .json(&json!({
-                "query": format!(
-                    "SELECT analysed, qualified, delivered, crm_pushes, crm_provider, project_type \
-                     FROM `{PROJECT}.{dataset}.leads` WHERE call_id = '{call}'"
-                ),
-                "useLegacySql": false,
-            }))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let row: Vec<String> = answer["rows"].as_array()?.first()?["f"]
-            .as_array()?
-            .iter()
-            .map(|c| c["v"].as_str().unwrap_or("").to_owned())
-            .collect();
+        let sql = format!(
+            "SELECT analysed, qualified, delivered, crm_pushes, crm_provider, project_type \
+             FROM `{PROJECT}.{dataset}.leads` WHERE call_id = '{call}'"
+        );
+        let row = bq_rows(&http, &bigquery, sql).await?.into_iter().next()?;
         (row[2] == "1" && row[3] == "2").then_some(row)
     })
     .await;
@@ -478,33 +461,11 @@ async fn a_signed_webhook_crosses_the_emulator_topology() {
     let run_id = said.split("schedule_time ").nth(1).and_then(|r| r.split(')').next()).expect(&said).to_owned();
     let tenants_n = 2;
     let runs = wait_for("the cleanup_runs rows", Duration::from_secs(30), async || {
-        let answer: Value = http
-            .post(format!("{bigquery}/bigquery/v2/projects/{PROJECT}/queries"))
-            .json(&json!({
-                "query": format!(
-                    "SELECT DISTINCT tenant_id, job, complete, counts FROM `{PROJECT}.{dataset}.cleanup_runs` \
-                     WHERE run_id = '{run_id}' ORDER BY tenant_id, job"
-                ),
-                "useLegacySql": false,
-            }))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let rows: Vec<Vec<String>> = answer["rows"]
-            .as_array()?
-            .iter()
-            .map(|r| {
-                (0..4)
-                    .map(|i| match &r["f"][i]["v"] {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect()
-            })
-            .collect();
+        let sql = format!(
+            "SELECT DISTINCT tenant_id, job, complete, counts FROM `{PROJECT}.{dataset}.cleanup_runs` \
+             WHERE run_id = '{run_id}' ORDER BY tenant_id, job"
+        );
+        let rows = bq_rows(&http, &bigquery, sql).await?;
         (rows.len() >= 4 * tenants_n).then_some(rows)
     })
     .await;

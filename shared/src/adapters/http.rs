@@ -30,6 +30,14 @@ pub fn transport(e: reqwest::Error) -> VendorError {
     if e.is_timeout() {
         return VendorError::Timeout;
     }
+    VendorError::Transport(describe(e))
+}
+
+/// A transport failure with its cause chain, without the URL (a pre-signed URL carries a credential).
+pub fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
     let e = e.without_url();
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -38,5 +46,5 @@ pub fn transport(e: reqwest::Error) -> VendorError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    VendorError::Transport(message)
+    message
 }

@@ -448,10 +448,15 @@ impl PubSubDeadLetters {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response =
-            request.send().await.map_err(|e| DeadLetterError::Transport { what: what(), message: chain(e) })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| DeadLetterError::Transport { what: what(), message: super::http::describe(e) })?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| DeadLetterError::Transport { what: what(), message: chain(e) })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| DeadLetterError::Transport { what: what(), message: super::http::describe(e) })?;
         if !status.is_success() {
             // Google's error shape: {"error": {"code", "message", "status"}}; anything else is quoted as is.
             let message = serde_json::from_str::<Value>(&text)
@@ -476,22 +481,6 @@ impl PubSubDeadLetters {
             message: format!("an answer that is not JSON: {e}"),
         })
     }
-}
-
-/// A transport failure with its cause chain, without the URL.
-fn chain(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".to_owned();
-    }
-    let e = e.without_url();
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn sort(messages: &mut [HeldMessage]) {
