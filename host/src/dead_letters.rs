@@ -17,7 +17,7 @@ use callflow::adapters::pubsub_dead_letters::{
 };
 use callflow::eventarc::{Source, Trigger, Triggers};
 use callflow::ports::{DeadLetter, StateStore};
-use callflow_host::topology::{DEAD_LETTER_HOLD, subscription_name};
+use callflow_host::topology::{dead_letter_holds, subscription_name};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -93,30 +93,15 @@ async fn backends() -> anyhow::Result<Backends> {
             LocalRouter::open(&common.data_dir.join("router.sqlite"), common.triggers.clone(), common.durability)?;
         (Some(router), Vec::new())
     } else {
-        let holds = hold_subscriptions(&common.triggers)
+        let holds = dead_letter_holds(&common.triggers)
             .iter()
-            .map(|hold| PubSubDeadLetters::connect(&common.triggers.project, hold))
+            .map(|(_, hold)| PubSubDeadLetters::connect(&common.triggers.project, hold))
             .collect::<anyhow::Result<_>>()
             .context("Pub/Sub (dead letters)")?;
         (None, holds)
     };
     let service = cleanup_scheduled::Service::connect(&settings).await?;
     Ok(Backends { state: service.ports.state.clone(), router, pubsub, triggers: common.triggers.clone() })
-}
-
-/// The subscriptions that hold Pub/Sub's dead letters, one per dead-letter topic the triggers name: as
-/// `callflow provision` names them on the emulators, and as terraform/pubsub.tf names them on Google Cloud.
-fn hold_subscriptions(triggers: &Triggers) -> Vec<String> {
-    let topics: BTreeSet<&str> = triggers.triggers.iter().map(|t| t.retry.dead_letter_topic.as_str()).collect();
-    let provisioned = callflow::adapters::emulator_url("PUBSUB_EMULATOR_HOST").is_some();
-    topics
-        .iter()
-        .map(
-            |topic| {
-                if provisioned && topics.len() == 1 { DEAD_LETTER_HOLD.to_owned() } else { format!("{topic}-hold") }
-            },
-        )
-        .collect()
 }
 
 /// The error to show for a failed Pub/Sub call: a missing hold subscription says how it comes to exist.

@@ -5,15 +5,20 @@
 //!
 //! It only ever talks to emulators (it refuses without their variables): on Google Cloud, terraform owns this.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
 use callflow::domain::analytics::{Dialect, TABLES, VIEWS, view_sql};
 use callflow::eventarc::{Source, Triggers};
 use serde_json::{Value, json};
 
-/// The subscription that holds dead letters until an operator looks (a topic without one drops them).
-pub const DEAD_LETTER_HOLD: &str = "dead-letters-hold";
+/// Each dead-letter topic the triggers name, with the subscription that holds its messages until an operator
+/// looks (a topic without one drops them): `{topic}-hold`, as terraform/pubsub.tf names it, so `callflow
+/// dead-letters` finds it in every environment.
+pub fn dead_letter_holds(triggers: &Triggers) -> Vec<(String, String)> {
+    let topics: BTreeSet<&str> = triggers.triggers.iter().map(|t| t.retry.dead_letter_topic.as_str()).collect();
+    topics.into_iter().map(|topic| (topic.to_owned(), format!("{topic}-hold"))).collect()
+}
 
 /// The subscription Eventarc would create for a Pub/Sub trigger; named after the trigger.
 pub fn subscription_name(trigger: &str) -> String {
@@ -131,10 +136,7 @@ pub async fn provision(
         upsert_subscription(&http, &ps, &name, config).await?;
         done.subscriptions.push(name);
     }
-    let dead_letters: BTreeMap<&str, ()> =
-        triggers.triggers.iter().map(|t| (t.retry.dead_letter_topic.as_str(), ())).collect();
-    for topic in dead_letters.keys() {
-        let name = if dead_letters.len() == 1 { DEAD_LETTER_HOLD.to_owned() } else { format!("{topic}-hold") };
+    for (topic, name) in dead_letter_holds(triggers) {
         // Pull, never expiring, a week of retention: dead letters wait for `dead-letters list`/replay.
         let config = json!({
             "topic": format!("projects/{project}/topics/{topic}"),
