@@ -58,13 +58,11 @@ impl SecretSource for SecretManagerSecrets {
         })?;
         let payload =
             resp.payload.ok_or_else(|| PortError::retryable(format!("secret {r}: answer without a payload")))?;
-        if let Some(expected) = payload.data_crc32c
-            && i64::from(crc32c::crc32c(&payload.data)) != expected
-        {
-            return Err(PortError::retryable(format!("secret {r}: payload failed its CRC32C check")));
-        }
-        let text = String::from_utf8(payload.data.to_vec())
-            .map_err(|_| PortError::permanent(format!("secret {r}: payload is not UTF-8 text")))?;
+        let text = payload_text(&payload).map_err(|bad| {
+            // A payload damaged on the way may come through whole next time; one that is not text will not.
+            let msg = format!("secret {r}: {bad}");
+            if bad == BadPayload::Crc { PortError::retryable(msg) } else { PortError::permanent(msg) }
+        })?;
         let text = text.trim();
         if text.is_empty() {
             return Err(PortError::permanent(format!("secret {r}: payload is empty")));
@@ -134,13 +132,7 @@ impl SecretManagerFile {
             .map_err(|e| self.explain(e, "read", "roles/secretmanager.secretAccessor"))?;
         let payload =
             resp.payload.ok_or_else(|| anyhow::anyhow!("secret {}: answer without a payload", self.secret))?;
-        if let Some(expected) = payload.data_crc32c
-            && i64::from(crc32c::crc32c(&payload.data)) != expected
-        {
-            anyhow::bail!("secret {}: payload failed its CRC32C check", self.secret);
-        }
-        let text = String::from_utf8(payload.data.to_vec())
-            .map_err(|_| anyhow::anyhow!("secret {}: payload is not UTF-8 text", self.secret))?;
+        let text = payload_text(&payload).map_err(|bad| anyhow::anyhow!("secret {}: {bad}", self.secret))?;
         // The answer names the version `latest` resolved to, which is what an edit is based on.
         let version = if resp.name.is_empty() { name } else { resp.name };
         Ok(FileVersion { text, version })
@@ -195,6 +187,25 @@ impl SecretManagerFile {
             _ => anyhow::anyhow!("cannot {what} secret {}: {e}", self.secret),
         }
     }
+}
+
+/// Why a version's payload cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadPayload {
+    #[error("payload failed its CRC32C check")]
+    Crc,
+    #[error("payload is not UTF-8 text")]
+    NotText,
+}
+
+/// A version's payload as text, checked against the CRC32C the service sends with it (when it sends one).
+fn payload_text(payload: &google_cloud_secretmanager_v1::model::SecretPayload) -> Result<String, BadPayload> {
+    if let Some(expected) = payload.data_crc32c
+        && i64::from(crc32c::crc32c(&payload.data)) != expected
+    {
+        return Err(BadPayload::Crc);
+    }
+    String::from_utf8(payload.data.to_vec()).map_err(|_| BadPayload::NotText)
 }
 
 /// Routes a reference by its scheme: `env:`/`file:` to the local source, `gcp-sm:` to Secret Manager (when
