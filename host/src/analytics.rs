@@ -171,33 +171,16 @@ fn export_rows(table: &str, answer: &QueryResult) -> Vec<AnalyticsRow> {
         .collect()
 }
 
-/// A plain text table: columns as wide as their widest value, numbers to the right.
+/// A plain text table, numbers to the right.
 fn render(answer: &QueryResult) -> String {
     let text = |v: &Value| match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let cells: Vec<Vec<String>> = answer.rows.iter().map(|r| r.iter().map(text).collect()).collect();
-    let widths: Vec<usize> = answer
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0))
+    let rows: Vec<Vec<String>> = std::iter::once(answer.columns.clone())
+        .chain(answer.rows.iter().map(|r| r.iter().map(text).collect()))
         .collect();
-    let mut out = String::new();
-    let line = |values: Vec<(String, bool)>| {
-        let parts: Vec<String> = values
-            .into_iter()
-            .zip(&widths)
-            .map(|((v, right), w)| if right { format!("{v:>w$}") } else { format!("{v:<w$}") })
-            .collect();
-        format!("{}\n", parts.join("  ").trim_end())
-    };
-    out.push_str(&line(answer.columns.iter().map(|c| (c.clone(), false)).collect()));
-    for (row, values) in cells.into_iter().zip(&answer.rows) {
-        out.push_str(&line(row.into_iter().zip(values).map(|(c, v)| (c, v.is_number())).collect()));
-    }
-    out.push_str(&format!("({} rows)\n", answer.rows.len()));
-    out
+    let numeric = |row: usize, column: usize| row > 0 && answer.rows[row - 1].get(column).is_some_and(Value::is_number);
+    format!("{}({} rows)\n", crate::text_table::aligned(&rows, numeric), answer.rows.len())
 }

@@ -20,6 +20,7 @@ mod dead_letters;
 mod receiver;
 mod sign;
 mod tenants;
+mod text_table;
 
 #[derive(Parser)]
 #[command(name = "callflow", about = "callflow's one-process host (embedded mode) and its operator commands")]

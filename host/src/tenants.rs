@@ -361,16 +361,8 @@ async fn list(source: Source, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     let header = ["id", "name", "callrail companies", "crm", "forms"].map(str::to_owned);
-    let mut widths = [0; 5];
-    for row in std::iter::once(&header).chain(&table) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&table) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    let rows: Vec<Vec<String>> = std::iter::once(&header).chain(&table).map(|r| r.to_vec()).collect();
+    print!("{}", crate::text_table::aligned(&rows, |_, _| false));
     println!("{} tenant(s) in {}", table.len(), target.describe());
     Ok(())
 }
