@@ -193,11 +193,16 @@ impl StageEvent<'_> {
     }
 }
 
-/// The columns every fact table repeats from its call, so an analyst slices by tenant and source without a join.
-fn call_columns(fields: &mut Map<String, Value>, c: &CallRecord, at: DateTime<Utc>) {
+/// The columns every fact table has: when, whose, which call.
+fn key_columns(fields: &mut Map<String, Value>, c: &CallRecord, at: DateTime<Utc>) {
     fields.insert("event_time".into(), json!(at.to_rfc3339_opts(SecondsFormat::Micros, true)));
     fields.insert("tenant_id".into(), json!(c.tenant_id.as_str()));
     fields.insert("call_id".into(), json!(c.call_id.as_str()));
+}
+
+/// The key columns and what the call's facts repeat from it, so an analyst slices by source without a join.
+fn call_columns(fields: &mut Map<String, Value>, c: &CallRecord, at: DateTime<Utc>) {
+    key_columns(fields, c, at);
     fields.insert("call_source".into(), json!(c.source.as_str()));
     if let Some(source) = &c.lead.source_name {
         fields.insert("marketing_source".into(), json!(source));
@@ -295,9 +300,7 @@ impl StageCost<'_> {
     pub fn into_row(self, discriminator: &str) -> AnalyticsRow {
         let c = self.call;
         let mut fields = Map::new();
-        fields.insert("event_time".into(), json!(self.at.to_rfc3339_opts(SecondsFormat::Micros, true)));
-        fields.insert("tenant_id".into(), json!(c.tenant_id.as_str()));
-        fields.insert("call_id".into(), json!(c.call_id.as_str()));
+        key_columns(&mut fields, c, self.at);
         fields.insert("stage".into(), json!(self.stage));
         fields.insert("engine".into(), json!(self.engine));
         fields.insert("audio_secs".into(), json!(self.audio_secs));
