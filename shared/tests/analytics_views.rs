@@ -204,14 +204,29 @@ async fn bigquery() -> Option<(BigQuerySink, String, String)> {
     Some((sink, project, dataset))
 }
 
-#[tokio::test]
-async fn bigquery_views_return_what_the_sqlite_views_return() {
-    let Some((bq, project, dataset)) = bigquery().await else { return };
+/// The fixture day in both engines: on SQLite once, on BigQuery streamed twice (a retried batch: the emulator
+/// stores every row again, as BigQuery may beyond its insertId window).
+struct Both {
+    _dir: tempfile::TempDir,
+    db: SqliteAnalyticsReader,
+    bq: BigQuerySink,
+    project: String,
+    dataset: String,
+    rows: Vec<AnalyticsRow>,
+}
+
+async fn both() -> Option<Both> {
+    let (bq, project, dataset) = bigquery().await?;
     let rows = fixture_day();
     let (_dir, db) = sqlite(&rows).await;
     bq.insert(&rows).await.unwrap();
-    // A retried batch: the emulator stores every row again, as BigQuery may beyond its insertId window.
     bq.insert(&rows).await.unwrap();
+    Some(Both { _dir, db, bq, project, dataset, rows })
+}
+
+#[tokio::test]
+async fn bigquery_views_return_what_the_sqlite_views_return() {
+    let Some(Both { _dir, db, bq, project, dataset, rows }) = both().await else { return };
     let stored = bq.query(&format!("SELECT COUNT(*) AS n FROM `{project}.{dataset}.calls`")).await.unwrap();
     let calls = rows.iter().filter(|r| r.table == "calls").count();
     assert_eq!(stored.rows[0][0], json!(calls * 2), "the emulator kept both copies, so the views must dedupe");
@@ -250,11 +265,7 @@ async fn the_readme_questions_run_on_sqlite_and_answer_the_fixture_day() {
 
 #[tokio::test]
 async fn the_readme_questions_answer_alike_on_bigquery() {
-    let Some((bq, project, dataset)) = bigquery().await else { return };
-    let rows = fixture_day();
-    let (_dir, db) = sqlite(&rows).await;
-    bq.insert(&rows).await.unwrap();
-    bq.insert(&rows).await.unwrap();
+    let Some(Both { _dir, db, bq, project, dataset, .. }) = both().await else { return };
     for sql in readme_questions() {
         // bqemulator ignores a query's default dataset, which BigQuery honours: the view is named in full here.
         let mut qualified = sql.clone();
