@@ -240,6 +240,15 @@ pub struct ErasureRecord {
     pub at: DateTime<Utc>,
 }
 
+impl ErasureRecord {
+    /// Add `what` to what was erased (once): the state store adds what it found of the caller beside the lead.
+    pub fn note(&mut self, what: &str) {
+        if !self.erased.iter().any(|e| e == what) {
+            self.erased.push(what.to_owned());
+        }
+    }
+}
+
 /// An event a stage refused, as the dead letter keeps it. The ids are the event's claims, possibly wrong or
 /// empty (they are what made it poison), so they are plain strings here.
 #[derive(Debug, Clone, PartialEq)]

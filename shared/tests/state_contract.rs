@@ -696,11 +696,17 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
     assert_eq!(erased.updated_at, first.at);
     let analysis = store.analysis(&acme, &e1).await.unwrap().unwrap();
     assert_eq!(analysis.findings.caller, CallerDetails::default());
-    assert_eq!(analysis, analysis_with(CallerDetails::default()), "the rest of the analysis is kept");
+    let mut kept = analysis_with(CallerDetails::default());
+    kept.findings.summary = "The caller asked about a kitchen project.".into();
+    assert_eq!(analysis, kept, "the summary is retold without the caller; the rest of the analysis is kept");
     for (phone, email) in [(Some("+15035550148"), None), (None, Some("kay@example.com"))] {
         assert!(store.calls_by_contact(&acme, phone, email).await.unwrap().is_empty(), "{phone:?} {email:?}");
     }
     assert_eq!(ids(&store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap()), ["CALe2"]);
+    // The log says what was asked and what the store found of the caller beside the lead.
+    let mut first = first;
+    first.note("analysis.caller");
+    first.note("analysis.summary");
     assert_eq!(store.erasures(&acme, 10).await.unwrap(), std::slice::from_ref(&first));
 
     // Another tenant's call of the same id is untouched.
@@ -723,8 +729,10 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
     assert_eq!(store.erasures(&acme, 10).await.unwrap().len(), 1);
 
     // The log is newest first, and limited.
-    let second = record("CALe2", "retention:2025-01-01", days_ago(0));
+    let mut second = record("CALe2", "retention:2025-01-01", days_ago(0));
     assert!(store.erase_call(all(&blank), second.clone()).await.unwrap());
+    second.note("analysis.caller");
+    second.note("analysis.summary");
     assert_eq!(
         store.analysis(&acme, &call_id("CALe2")).await.unwrap().unwrap().findings.caller,
         CallerDetails::default()
@@ -732,6 +740,87 @@ async fn erasure_blanks_the_call_and_logs_it(store: Arc<dyn StateStore>) {
     assert!(store.calls_by_contact(&acme, None, Some("spoken@example.com")).await.unwrap().is_empty());
     assert_eq!(store.erasures(&acme, 10).await.unwrap(), [second.clone(), first]);
     assert_eq!(store.erasures(&acme, 1).await.unwrap(), [second]);
+}
+
+/// Erasing a call's lead also forgets the caller wherever the call's own texts quote them: its state reason (a
+/// CRM's validation message), its dead letters, its queued work and its stages' last errors. Ids, numbers and
+/// what the texts say otherwise stay; another call quoting the same name is not this erasure's business.
+async fn erasure_forgets_the_caller_where_the_call_quotes_them(store: Arc<dyn StateStore>) {
+    let lead = LeadDetails {
+        customer_name: Some("Kay Lindqvist".into()),
+        ..contact(Some("(503) 555-0148"), Some("kay@example.com"))
+    };
+    for c in ["CALq1", "CALq2"] {
+        store.record_intake(event_with("acme", c, lead.clone(), days_ago(2))).await.unwrap();
+    }
+    let quoted =
+        "webhook refused the lead: vendor answered 422: duplicate of Kay Lindqvist <KAY@example.com>, (503) 555-0148";
+    let (acme, q1, q2) = (tenant("acme"), call_id("CALq1"), call_id("CALq2"));
+    let Claim::Claimed(failed) = store.claim_stage(&acme, &q1, "deliver:1", Duration::from_secs(60)).await.unwrap()
+    else {
+        panic!("claimable")
+    };
+    store.release_stage(&failed, quoted).await.unwrap();
+    for c in [&q1, &q2] {
+        let Claim::Claimed(claim) = store.claim_stage(&acme, c, "deliver:2", Duration::from_secs(60)).await.unwrap()
+        else {
+            panic!("claimable")
+        };
+        let done = Completion {
+            transition: Some(Transition {
+                to: CallState::DeadLettered,
+                reason: Some(quoted.into()),
+                recording_object: None,
+            }),
+            dead_letter: Some(quoted.into()),
+            follow_up: vec![NewWork {
+                kind: WorkKind::Publish,
+                payload: serde_json::json!({"n": 7, "not_before": 1_732_312_345_678_i64, "note": "for Kay Lindqvist"}),
+            }],
+            ..Completion::default()
+        };
+        assert!(store.finish_stage(&claim, done).await.unwrap());
+    }
+
+    let blank = LeadDetails { answered: Some(true), ..LeadDetails::default() };
+    let record = ErasureRecord {
+        tenant_id: acme.clone(),
+        call_id: q1.clone(),
+        request_id: "era-q".into(),
+        erased: vec!["lead.customer_name".into()],
+        at: days_ago(0),
+    };
+    assert!(store.erase_call(CallErasure { lead: Some(blank), recording: false }, record).await.unwrap());
+
+    let traces = ["Kay", "Lindqvist", "KAY@example.com", "555-0148"];
+    let call = store.call(&acme, &q1).await.unwrap().unwrap();
+    let reason = call.state_reason.unwrap();
+    assert!(
+        reason.starts_with("webhook refused the lead: vendor answered 422: duplicate of [erased] [erased]"),
+        "{reason}"
+    );
+    let letters = store.call_dead_letters(&acme, &q1).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let items = store.claim_work(&[WorkKind::Publish], 100, Duration::from_secs(60)).await.unwrap();
+    let mine: Vec<_> = items.iter().filter(|w| w.call_id == q1).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].payload["n"].as_i64(), mine[0].payload["not_before"].as_i64()),
+        (Some(7), Some(1_732_312_345_678))
+    );
+    for text in [reason.clone(), letters[0].reason.clone(), letters[0].payload.to_string(), mine[0].payload.to_string()]
+    {
+        for trace in traces {
+            assert!(!text.contains(trace), "{trace} in {text}");
+        }
+    }
+    let logged = store.erasures(&acme, 10).await.unwrap();
+    for what in ["lead.customer_name", "call.state_reason", "dead_letters", "outbox", "stage_runs"] {
+        assert!(logged[0].erased.iter().any(|e| e == what), "{what} in {:?}", logged[0].erased);
+    }
+    // The other call still quotes the caller: it is erased when a request or retention reaches it.
+    assert_eq!(store.call(&acme, &q2).await.unwrap().unwrap().state_reason.as_deref(), Some(quoted));
+    assert_eq!(store.call_dead_letters(&acme, &q2).await.unwrap()[0].reason, quoted);
 }
 
 /// Retention's window: `created_from` is an inclusive lower bound, combined with `created_before` (exclusive), the
@@ -1092,6 +1181,12 @@ async fn sqlite_erasure_blanks_the_call_and_logs_it() {
 }
 
 #[tokio::test]
+async fn sqlite_erasure_forgets_the_caller_where_the_call_quotes_them() {
+    let (_d, s) = sqlite().await;
+    erasure_forgets_the_caller_where_the_call_quotes_them(s).await;
+}
+
+#[tokio::test]
 async fn sqlite_scans_have_an_inclusive_created_from() {
     let (_d, s) = sqlite().await;
     scans_have_an_inclusive_created_from(s).await;
@@ -1303,6 +1398,13 @@ async fn spanner_calls_are_found_by_contact() {
 async fn spanner_erasure_blanks_the_call_and_logs_it() {
     if let Some(s) = spanner().await {
         erasure_blanks_the_call_and_logs_it(s).await;
+    }
+}
+
+#[tokio::test]
+async fn spanner_erasure_forgets_the_caller_where_the_call_quotes_them() {
+    if let Some(s) = spanner().await {
+        erasure_forgets_the_caller_where_the_call_quotes_them(s).await;
     }
 }
 

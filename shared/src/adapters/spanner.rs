@@ -8,6 +8,7 @@
 //! Every change is a read-write transaction that reads what it decides on, so Spanner's locking makes concurrent
 //! deliveries of one event produce one winner (the losers are aborted, retried, and then see the ledger).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use crate::domain::analysis::Analysis;
 use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
+use crate::domain::retention::{CallerTraces, forget_in_analysis};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
@@ -630,24 +632,40 @@ impl StateStore for SpannerStateStore {
 
     async fn erase_call(&self, erasure: CallErasure, record: ErasureRecord) -> PortResult<bool> {
         self.rw(|tx| {
-            let (erasure, record) = (erasure.clone(), record.clone());
+            let (erasure, mut record) = (erasure.clone(), record.clone());
             Box::pin(async move {
-                let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
-                let Some(mut stored) = read_call(tx, tenant, call).await? else { return Ok(false) };
+                let (tenant, call) = (record.tenant_id.to_string(), record.call_id.to_string());
+                let Some(mut stored) = read_call(tx, &tenant, &call).await? else { return Ok(false) };
                 let mut m = Vec::new();
                 if erasure.recording {
                     stored.recording_object = None;
                 }
                 match erasure.lead {
                     Some(lead) => {
+                        let key = Key::composite(&[&tenant, &call]);
+                        let analysis: Option<Analysis> = match tx.read_row("analyses", &["analysis_json"], key).await? {
+                            Some(row) => {
+                                let json: String = row.column_by_name("analysis_json")?;
+                                Some(serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?)
+                            }
+                            None => None,
+                        };
+                        // Gathered before anything is blanked: what the caller's free text elsewhere would hold.
+                        let heard = analysis.as_ref().map(|a| a.findings.caller.clone()).unwrap_or_default();
+                        let traces = CallerTraces::of(&stored.lead, &heard);
                         stored.lead = lead;
+                        if let Some(reason) = &stored.state_reason
+                            && let Cow::Owned(forgotten) = traces.forget(reason)
+                        {
+                            stored.state_reason = Some(forgotten);
+                            record.note("call.state_reason");
+                        }
                         stored.updated_at = record.at;
                         m.push(write_call_clearing_keys(&stored)?);
-                        let key = Key::composite(&[&tenant, &call]);
-                        if let Some(row) = tx.read_row("analyses", &["analysis_json"], key).await? {
-                            let json: String = row.column_by_name("analysis_json")?;
-                            let mut analysis: Analysis = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
-                            analysis.findings.caller = Default::default();
+                        if let Some(mut analysis) = analysis {
+                            for field in forget_in_analysis(&mut analysis, &traces) {
+                                record.note(field);
+                            }
                             let json = serde_json::to_string(&analysis).map_err(|e| bad(e.to_string()))?;
                             m.push(update(
                                 "analyses",
@@ -655,18 +673,58 @@ impl StateStore for SpannerStateStore {
                                 &[&tenant, &call, &json],
                             ));
                         }
-                        // Pending notifications carry the caller's name and phone: they go with the lead. The outbox
-                        // has no index by call: this reads the tenant's part of it (a queue, kept short).
+                        // Pending notifications carry the caller's name and phone: they go with the lead. The call's
+                        // other queued work, its dead letters and its stages' last errors keep their ids and lose the
+                        // caller. The outbox and dead letters have no index by call: these read the tenant's part
+                        // (a queue kept short, and letters an operator replays or clears).
+                        for (table, text) in [("outbox", "last_error"), ("dead_letters", "reason")] {
+                            let mut stmt = Statement::new(format!(
+                                "SELECT id, kind, payload, {text} AS text FROM {table} \
+                                 WHERE tenant_id = @tenant AND call_id = @call"
+                            ));
+                            stmt.add_param("tenant", &tenant);
+                            stmt.add_param("call", &call);
+                            let mut rows = tx.query(stmt).await?;
+                            while let Some(row) = rows.next().await? {
+                                let id: i64 = row.column_by_name("id")?;
+                                let kind: String = row.column_by_name("kind")?;
+                                if table == "outbox" && kind == WorkKind::Notify.as_str() {
+                                    m.push(delete("outbox", Key::composite(&[&tenant, &id])));
+                                    continue;
+                                }
+                                let payload: String = row.column_by_name("payload")?;
+                                let why: Option<String> = row.column_by_name("text")?;
+                                let forgotten = traces.forget_json_text(&payload).into_owned();
+                                let why_forgotten = why.as_deref().map(|w| traces.forget(w).into_owned());
+                                if forgotten == payload && why_forgotten == why {
+                                    continue;
+                                }
+                                record.note(table);
+                                m.push(update(
+                                    table,
+                                    &["tenant_id", "id", "payload", text],
+                                    &[&tenant, &id, &forgotten, &why_forgotten],
+                                ));
+                            }
+                        }
                         let mut stmt = Statement::new(
-                            "SELECT id FROM outbox WHERE tenant_id = @tenant AND call_id = @call AND kind = @kind",
+                            "SELECT stage_key, last_error FROM stage_runs WHERE tenant_id = @tenant AND call_id = @call \
+                             AND last_error IS NOT NULL",
                         );
                         stmt.add_param("tenant", &tenant);
                         stmt.add_param("call", &call);
-                        stmt.add_param("kind", &WorkKind::Notify.as_str());
                         let mut rows = tx.query(stmt).await?;
                         while let Some(row) = rows.next().await? {
-                            let id: i64 = row.column_by_name("id")?;
-                            m.push(delete("outbox", Key::composite(&[&tenant, &id])));
+                            let stage_key: String = row.column_by_name("stage_key")?;
+                            let why: String = row.column_by_name("last_error")?;
+                            if let Cow::Owned(forgotten) = traces.forget(&why) {
+                                record.note("stage_runs");
+                                m.push(update(
+                                    "stage_runs",
+                                    &["tenant_id", "call_id", "stage_key", "last_error"],
+                                    &[&tenant, &call, &stage_key, &forgotten],
+                                ));
+                            }
                         }
                     }
                     None if erasure.recording => {

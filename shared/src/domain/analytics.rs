@@ -184,13 +184,32 @@ impl StageEvent<'_> {
         put("attempts", json!(self.attempts));
         put("bytes", json!(self.bytes));
         put("cost_usd", json!(self.cost_usd));
-        put("reason", json!(self.reason));
+        put("reason", json!(self.reason.map(reason_fact)));
         put("engine", json!(self.engine));
         put("audio_secs", json!(self.audio_secs));
         let insert_id = format!("{}:{}:{}:{}:{}", c.tenant_id, c.call_id, self.stage, self.outcome, discriminator);
         fields.insert("insert_id".into(), json!(insert_id));
         AnalyticsRow { table: CALLS_TABLE.into(), insert_id, fields }
     }
+}
+
+/// Where a vendor's own words start in a failure reason (`VendorError`'s texts: "vendor answered 422: {body}",
+/// "malformed response: {excerpt}").
+const VENDOR_WORDS: [&str; 2] = ["vendor answered ", "malformed response"];
+
+/// A stage's reason as analytics keeps it. The vendor's own words are cut off after its status: a CRM's
+/// validation message quotes the lead back (the caller's name, phone, email), and an analytics row, unlike the
+/// state store's copy, is not erased later. Any phone number or email left is masked.
+pub fn reason_fact(reason: &str) -> String {
+    let mut kept = reason;
+    for marker in VENDOR_WORDS {
+        if let Some(at) = kept.find(marker) {
+            let rest = &kept[at + marker.len()..];
+            let status = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            kept = &kept[..at + marker.len() + status];
+        }
+    }
+    super::pii::scrub(kept.trim_end_matches([':', ' '])).into_owned()
 }
 
 /// The columns every fact table has: when, whose, which call.
@@ -382,5 +401,26 @@ mod tests {
         assert!(broken(&|r| drop(r.fields.insert("attempts".into(), json!("3")))).contains("attempts"));
         assert!(broken(&|r| drop(r.fields.insert("event_time".into(), json!("yesterday")))).contains("event_time"));
         assert!(broken(&|r| r.insert_id = "other".into()).contains("insert_id"));
+    }
+
+    #[test]
+    fn a_reason_reaches_analytics_without_the_vendors_words() {
+        let refused = crate::ports::VendorError::Status {
+            status: 422,
+            message: r#"{"error":"duplicate contact: Dana Whitfield <dana.w@example.com>, phone (512) 555-0143"}"#
+                .into(),
+        };
+        assert_eq!(
+            reason_fact(&format!("webhook refused the lead: {refused}")),
+            "webhook refused the lead: vendor answered 422"
+        );
+        let malformed = crate::ports::VendorError::Malformed("expected an id in {\"name\":\"Dana\"}".into());
+        assert_eq!(reason_fact(&format!("hubspot: {malformed}")), "hubspot: malformed response");
+        assert_eq!(reason_fact("unanswered"), "unanswered");
+        assert_eq!(
+            reason_fact("stuck in transcribed for 2 h after 3 re-drives"),
+            "stuck in transcribed for 2 h after 3 re-drives"
+        );
+        assert!(!reason_fact("the caller asked to be called at 512-555-0143").contains("555-0143"));
     }
 }

@@ -2,12 +2,15 @@
 //! transcripts and personal fields, and when a call that stopped moving is re-driven or given up. Pure: no I/O;
 //! the caller brings the time.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::analysis::{Analysis, CallerDetails};
 use super::call::{CallRecord, CallSource, CallState, LeadDetails};
+use super::{pii, rules};
 
 /// `[tenant.retention]`: how long each kind of data is kept, in days from the call. Absent fields take the
 /// tenant's `retention_days`.
@@ -111,6 +114,138 @@ pub fn scrub(lead: &LeadDetails) -> (LeadDetails, Vec<&'static str>) {
         }
     }
     (out, erased)
+}
+
+/// What of one caller a call's free text may hold, gathered from the call's lead and analysis before they are
+/// blanked: their name (each word of it), phone, email and ZIP. `forget` takes them out of texts the chain wrote
+/// beside the lead: a stage's failure reason (a CRM's validation message quotes the lead back), a dead letter, a
+/// queued work item, the analysis's reasons.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerTraces {
+    /// Lower-cased words of the caller's name (two letters or more), and their ZIP.
+    words: Vec<String>,
+    /// Lower-cased emails.
+    emails: Vec<String>,
+}
+
+/// What a forgotten word becomes.
+pub const FORGOTTEN: &str = "[erased]";
+
+impl CallerTraces {
+    pub fn of(lead: &LeadDetails, caller: &CallerDetails) -> Self {
+        let mut words: Vec<String> = Vec::new();
+        for name in [&lead.customer_name, &caller.name].into_iter().flatten() {
+            words.extend(
+                name.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() >= 2).map(str::to_lowercase),
+            );
+        }
+        words.extend([&lead.customer_zip, &caller.zip].into_iter().flatten().map(|z| z.trim().to_lowercase()));
+        words.retain(|w| !w.is_empty());
+        words.sort();
+        words.dedup();
+        let mut emails: Vec<String> =
+            [&lead.customer_email, &caller.email].into_iter().flatten().map(|e| e.trim().to_lowercase()).collect();
+        emails.sort();
+        emails.dedup();
+        Self { words, emails }
+    }
+
+    /// `text` without the caller: every phone number and email masked (as in logs, whoever's they are), the known
+    /// emails and the words of the caller's name and ZIP replaced by `[erased]`.
+    pub fn forget<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = match pii::scrub(text) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(s) => Cow::Owned(s),
+        };
+        for email in &self.emails {
+            while let Some(at) = find_ignoring_ascii_case(&out, email) {
+                let mut s = out.into_owned();
+                s.replace_range(at..at + email.len(), FORGOTTEN);
+                out = Cow::Owned(s);
+            }
+        }
+        if self.words.is_empty() || !out.split(|c: char| !c.is_alphanumeric()).any(|w| self.is_word(w)) {
+            return out;
+        }
+        let mut s = String::with_capacity(out.len());
+        let mut word = String::new();
+        for c in out.chars().chain(std::iter::once('\0')) {
+            if c.is_alphanumeric() {
+                word.push(c);
+                continue;
+            }
+            s.push_str(if self.is_word(&word) { FORGOTTEN } else { &word });
+            word.clear();
+            if c != '\0' {
+                s.push(c);
+            }
+        }
+        Cow::Owned(s)
+    }
+
+    /// Every string inside `value` forgotten (a queued work item's or a dead letter's JSON; numbers stay numbers).
+    pub fn forget_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.forget(s).into_owned()),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.forget_json(v)).collect()),
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), self.forget_json(v))).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// A stored JSON text forgotten the same way (text that is not JSON is forgotten as text); borrowed when
+    /// nothing in it was the caller's.
+    pub fn forget_json_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => {
+                let forgotten = self.forget_json(&v);
+                if forgotten == v { Cow::Borrowed(text) } else { Cow::Owned(forgotten.to_string()) }
+            }
+            Err(_) => self.forget(text),
+        }
+    }
+
+    fn is_word(&self, w: &str) -> bool {
+        !w.is_empty() && self.words.binary_search(&w.to_lowercase()).is_ok()
+    }
+}
+
+fn find_ignoring_ascii_case(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    if n.is_empty() || h.len() < n.len() {
+        return None;
+    }
+    (0..=h.len() - n.len()).find(|&i| haystack.is_char_boundary(i) && h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// The analysis without the caller: no contact details, a summary retold from the findings alone (the model's
+/// summary is the caller's story in free text, and may name them), and reasons with the caller's words forgotten.
+/// What the call was (intent, project, score, urgency, budget, sentiment, spam) stays. Returns what changed, for
+/// the erasure log.
+pub fn forget_in_analysis(analysis: &mut Analysis, traces: &CallerTraces) -> Vec<&'static str> {
+    let mut erased = vec![];
+    let f = &mut analysis.findings;
+    if f.caller != CallerDetails::default() {
+        f.caller = CallerDetails::default();
+        erased.push("analysis.caller");
+    }
+    let retold = rules::retold_summary(f);
+    if f.summary != retold {
+        f.summary = retold;
+        erased.push("analysis.summary");
+    }
+    let mut reasons_changed = false;
+    for reason in &mut f.score_reasons {
+        if let Cow::Owned(s) = traces.forget(reason) {
+            reasons_changed |= s != *reason;
+            *reason = s;
+        }
+    }
+    if reasons_changed {
+        erased.push("analysis.score_reasons");
+    }
+    erased
 }
 
 /// How long a call may sit in a state that is not final before the event that should move it is sent again, and
@@ -267,5 +402,66 @@ mod tests {
         );
         let done = call(CallState::Delivered, t0, t0);
         assert_eq!(p.check(&done, t0 + chrono::Duration::days(30), 9), Stuck::No);
+    }
+
+    #[test]
+    fn forgetting_a_caller_takes_their_name_phone_email_and_zip_out_of_free_text() {
+        let lead = LeadDetails {
+            customer_name: Some("Dana Whitfield".into()),
+            customer_phone: Some("+15125550143".into()),
+            customer_email: Some("Dana.W@Example.com".into()),
+            ..LeadDetails::default()
+        };
+        let heard = CallerDetails { name: Some("Dana O'Hara".into()), zip: Some("97214".into()), ..Default::default() };
+        let t = CallerTraces::of(&lead, &heard);
+        let reason = "webhook refused the lead: vendor answered 422: {\"error\":\"duplicate contact: DANA Whitfield \
+                      <dana.w@example.com>, phone (512) 555-0143, zip 97214; O'Hara\"}";
+        let forgotten = t.forget(reason);
+        for trace in ["DANA", "Whitfield", "dana.w", "555-0143", "97214", "Hara"] {
+            assert!(!forgotten.contains(trace), "{trace} in {forgotten}");
+        }
+        assert!(
+            forgotten.starts_with("webhook refused the lead: vendor answered 422: {\"error\":\"duplicate contact: ")
+        );
+        assert!(forgotten.contains("[erased] [erased]"), "{forgotten}");
+        // Words that merely contain a name stay; text without the caller is returned as it is.
+        assert_eq!(t.forget("Danaher Whitfields"), "Danaher Whitfields");
+        assert!(matches!(t.forget("stuck in transcribed for 2 h"), Cow::Borrowed(_)));
+        // JSON keeps its shape: numbers stay numbers, strings are forgotten.
+        let json =
+            serde_json::json!({"not_before": 1732312345678_i64, "lead": {"name": "Dana Whitfield", "tags": ["97214"]}});
+        let out = t.forget_json(&json);
+        assert_eq!(out["not_before"], 1732312345678_i64);
+        assert_eq!(out["lead"]["name"], "[erased] [erased]");
+        assert_eq!(out["lead"]["tags"][0], "[erased]");
+        assert_eq!(t.forget_json_text("not json: Dana"), "not json: [erased]");
+        assert_eq!(CallerTraces::of(&LeadDetails::default(), &CallerDetails::default()).forget("Dana"), "Dana");
+    }
+
+    #[test]
+    fn an_analysis_forgets_the_caller_and_keeps_what_the_call_was() {
+        use crate::domain::analysis::{Intent, ProjectType};
+        let mut a: Analysis = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "analyzer": "gemini-2.5-flash", "intent": "new_lead", "project_type": "kitchen",
+            "lead_score": 82, "score_reasons": ["Dana wants it done this month", "clear budget"], "urgency": "soon",
+            "budget": "medium", "sentiment": "positive", "spam_likelihood": 3,
+            "summary": "Dana Whitfield wants her kitchen redone. Call back after 5.",
+            "caller": {"name": "Dana Whitfield", "callback_time": "after 5"},
+            "usage": {"prompt_tokens": 900, "output_tokens": 120, "cost_usd": 0.0004}, "redactions": 0
+        }))
+        .unwrap();
+        let lead = LeadDetails { customer_name: Some("Dana Whitfield".into()), ..LeadDetails::default() };
+        let t = CallerTraces::of(&lead, &a.findings.caller);
+        let erased = forget_in_analysis(&mut a, &t);
+        assert_eq!(erased, ["analysis.caller", "analysis.summary", "analysis.score_reasons"]);
+        let f = &a.findings;
+        assert_eq!(f.caller, CallerDetails::default());
+        assert_eq!(f.summary, "The caller asked about a kitchen project.");
+        assert_eq!(f.score_reasons, ["[erased] wants it done this month", "clear budget"]);
+        assert_eq!(
+            (f.intent, f.project_type, f.lead_score, f.spam_likelihood),
+            (Intent::NewLead, ProjectType::Kitchen, 82, 3)
+        );
+        assert_eq!(forget_in_analysis(&mut a, &t), Vec::<&str>::new(), "forgetting twice changes nothing more");
     }
 }

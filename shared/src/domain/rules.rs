@@ -826,6 +826,12 @@ pub fn analyze(segments: &[Segment], facts: CallFacts, weights: &ScoreWeights) -
     }
 }
 
+/// The summary the rules would write for these findings about a caller who gave no details: what an erased
+/// caller's analysis keeps.
+pub fn retold_summary(f: &Findings) -> String {
+    summary(f.intent, f.project_type, f.urgency, &CallerDetails::default(), false)
+}
+
 fn summary(intent: Intent, project: ProjectType, urgency: Urgency, c: &CallerDetails, voicemail: bool) -> String {
     let who = c.name.clone().unwrap_or_else(|| "The caller".into());
     let what = match intent {

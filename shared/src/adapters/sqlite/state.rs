@@ -1,5 +1,6 @@
 //! The embedded state store: calls, the intake dedupe ledger, the outbox and dead letters in one SQLite file.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::domain::analysis::Analysis;
 use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
+use crate::domain::retention::{CallerTraces, forget_in_analysis};
 use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
@@ -375,6 +377,24 @@ fn apply_completion(
     Ok(())
 }
 
+/// Append `record` to the erasure log (by field name, never the values).
+fn log_erasure(c: &Connection, record: &ErasureRecord) -> rusqlite::Result<bool> {
+    let erased = Value::from(record.erased.clone()).to_string();
+    c.prepare_cached(
+        "INSERT INTO erasures (tenant_id, call_id, request_id, erased_json, erased_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant_id, call_id, request_id) DO UPDATE SET erased_json = excluded.erased_json,
+             erased_at = excluded.erased_at",
+    )?
+    .execute(params![
+        record.tenant_id.as_str(),
+        record.call_id.as_str(),
+        record.request_id,
+        erased,
+        rfc3339(record.at)
+    ])?;
+    Ok(true)
+}
+
 fn read_breaker(c: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Breaker> {
     let at = |v: Option<i64>| v.and_then(DateTime::from_timestamp_micros);
     let row = c
@@ -557,53 +577,81 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
-    async fn erase_call(&self, erasure: CallErasure, record: ErasureRecord) -> PortResult<bool> {
-        let erased = Value::from(record.erased.clone()).to_string();
+    async fn erase_call(&self, erasure: CallErasure, mut record: ErasureRecord) -> PortResult<bool> {
         self.writer
             .write(move |c| {
-                let (tenant, call) = (record.tenant_id.as_str(), record.call_id.as_str());
+                let (tenant, call) = (record.tenant_id.to_string(), record.call_id.to_string());
+                let (tenant, call) = (tenant.as_str(), call.as_str());
                 let Some(mut stored) = read_call(c, tenant, call)? else { return Ok(false) };
-                let lead_erased = erasure.lead.is_some();
-                if lead_erased || erasure.recording {
+                if erasure.recording {
+                    stored.recording_object = None;
+                }
+                let Some(lead) = erasure.lead else {
                     if erasure.recording {
-                        stored.recording_object = None;
+                        stored.updated_at = record.at;
+                        write_call(c, &stored)?;
                     }
-                    if let Some(lead) = erasure.lead {
-                        stored.lead = lead;
-                    }
-                    stored.updated_at = record.at;
-                    write_call(c, &stored)?;
+                    return log_erasure(c, &record);
+                };
+                let analysis: Option<Analysis> = c
+                    .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
+                    .query_row(params![tenant, call], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|json| serde_json::from_str(&json).map_err(|e| bad_data(e.to_string())))
+                    .transpose()?;
+                // Gathered before anything is blanked: what the caller's free text elsewhere would hold.
+                let heard = analysis.as_ref().map(|a| a.findings.caller.clone()).unwrap_or_default();
+                let traces = CallerTraces::of(&stored.lead, &heard);
+                stored.lead = lead;
+                if let Some(reason) = &stored.state_reason
+                    && let Cow::Owned(forgotten) = traces.forget(reason)
+                {
+                    stored.state_reason = Some(forgotten);
+                    record.note("call.state_reason");
                 }
-                if lead_erased {
-                    c.prepare_cached(
-                        "UPDATE calls SET phone_key = NULL, email_key = NULL WHERE tenant_id = ?1 AND call_id = ?2",
-                    )?
-                    .execute(params![tenant, call])?;
-                    let analysis: Option<String> = c
-                        .prepare_cached("SELECT analysis_json FROM analyses WHERE tenant_id = ?1 AND call_id = ?2")?
-                        .query_row(params![tenant, call], |r| r.get(0))
-                        .optional()?;
-                    if let Some(json) = analysis {
-                        let mut analysis: Analysis =
-                            serde_json::from_str(&json).map_err(|e| bad_data(e.to_string()))?;
-                        analysis.findings.caller = Default::default();
-                        let json = serde_json::to_string(&analysis).map_err(|e| bad_data(e.to_string()))?;
-                        c.prepare_cached(
-                            "UPDATE analyses SET analysis_json = ?1 WHERE tenant_id = ?2 AND call_id = ?3",
-                        )?
-                        .execute(params![json, tenant, call])?;
-                    }
-                    // Pending notifications carry the caller's name and phone: they go with the lead.
-                    c.prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND call_id = ?2 AND kind = ?3")?
-                        .execute(params![tenant, call, WorkKind::Notify.as_str()])?;
-                }
+                stored.updated_at = record.at;
+                write_call(c, &stored)?;
                 c.prepare_cached(
-                    "INSERT INTO erasures (tenant_id, call_id, request_id, erased_json, erased_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (tenant_id, call_id, request_id) DO UPDATE SET erased_json = excluded.erased_json,
-                         erased_at = excluded.erased_at",
+                    "UPDATE calls SET phone_key = NULL, email_key = NULL WHERE tenant_id = ?1 AND call_id = ?2",
                 )?
-                .execute(params![tenant, call, record.request_id, erased, rfc3339(record.at)])?;
-                Ok(true)
+                .execute(params![tenant, call])?;
+                if let Some(mut analysis) = analysis {
+                    for field in forget_in_analysis(&mut analysis, &traces) {
+                        record.note(field);
+                    }
+                    let json = serde_json::to_string(&analysis).map_err(|e| bad_data(e.to_string()))?;
+                    c.prepare_cached("UPDATE analyses SET analysis_json = ?1 WHERE tenant_id = ?2 AND call_id = ?3")?
+                        .execute(params![json, tenant, call])?;
+                }
+                // Pending notifications carry the caller's name and phone: they go with the lead. The call's other
+                // queued work, its dead letters and its stages' last errors keep their ids and lose the caller.
+                c.prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND call_id = ?2 AND kind = ?3")?
+                    .execute(params![tenant, call, WorkKind::Notify.as_str()])?;
+                for (table, key, json, text) in [
+                    ("outbox", "id", "payload", "last_error"),
+                    ("dead_letters", "id", "payload", "reason"),
+                    ("stage_runs", "stage_key", "NULL", "last_error"),
+                ] {
+                    type Texts = (rusqlite::types::Value, Option<String>, Option<String>);
+                    let rows: Vec<Texts> = c
+                        .prepare(&format!("SELECT {key}, {json}, {text} FROM {table} WHERE tenant_id = ?1 AND call_id = ?2"))?
+                        .query_map(params![tenant, call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    for (id, payload, why) in rows {
+                        let payload = payload.as_deref().map(|p| traces.forget_json_text(p));
+                        let why = why.as_deref().map(|w| traces.forget(w));
+                        if !matches!(payload, Some(Cow::Owned(_))) && !matches!(why, Some(Cow::Owned(_))) {
+                            continue;
+                        }
+                        record.note(table);
+                        let set_json = if json == "NULL" { String::new() } else { format!("{json} = ?3, ") };
+                        c.prepare(&format!(
+                            "UPDATE {table} SET {set_json}{text} = ?4 WHERE tenant_id = ?1 AND call_id = ?2 AND {key} = ?5"
+                        ))?
+                        .execute(params![tenant, call, payload.as_deref(), why.as_deref(), id])?;
+                    }
+                }
+                log_erasure(c, &record)
             })
             .await
     }
