@@ -773,15 +773,23 @@ async fn erasure_forgets_the_caller_where_the_call_quotes_them(store: Arc<dyn St
                 recording_object: None,
             }),
             dead_letter: Some(quoted.into()),
-            follow_up: vec![NewWork {
-                kind: WorkKind::Publish,
-                payload: serde_json::json!({"n": 7, "not_before": 1_732_312_345_678_i64, "note": "for Kay Lindqvist"}),
-            }],
+            follow_up: vec![
+                NewWork {
+                    kind: WorkKind::Publish,
+                    payload: serde_json::json!({"n": 7, "not_before": 1_732_312_345_678_i64, "note": "for Kay Lindqvist"}),
+                },
+                // An analytics row is left as it is (free of personal data by construction; it must stay valid).
+                NewWork { kind: WorkKind::Analytics, payload: serde_json::json!({"n": 8, "utm_campaign": "kay-2026"}) },
+            ],
             ..Completion::default()
         };
         assert!(store.finish_stage(&claim, done).await.unwrap());
     }
 
+    // The publish failed once, its last error quoting the caller.
+    for item in store.claim_work(&[WorkKind::Publish], 100, Duration::from_secs(60)).await.unwrap() {
+        store.retry_work(&item, Utc::now() - chrono::Duration::seconds(1), quoted).await.unwrap();
+    }
     let blank = LeadDetails { answered: Some(true), ..LeadDetails::default() };
     let record = ErasureRecord {
         tenant_id: acme.clone(),
@@ -814,6 +822,9 @@ async fn erasure_forgets_the_caller_where_the_call_quotes_them(store: Arc<dyn St
             assert!(!text.contains(trace), "{trace} in {text}");
         }
     }
+    let rows = store.claim_work(&[WorkKind::Analytics], 100, Duration::from_secs(60)).await.unwrap();
+    let row = rows.iter().find(|w| w.call_id == q1 && w.payload["n"] == 8).unwrap();
+    assert_eq!(row.payload, serde_json::json!({"n": 8, "utm_campaign": "kay-2026"}));
     let logged = store.erasures(&acme, 10).await.unwrap();
     for what in ["lead.customer_name", "call.state_reason", "dead_letters", "outbox", "stage_runs"] {
         assert!(logged[0].erased.iter().any(|e| e == what), "{what} in {:?}", logged[0].erased);

@@ -28,7 +28,7 @@ use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::retention::{CallerTraces, forget_in_analysis};
-use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
+use crate::domain::work::{Completion, NewWork, OUTBOX_KINDS_WITH_TEXT, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
     CallErasure, CallScan, Claim, DeadLetter, ErasureRecord, ErasureRequest, IntakeResult, PortError, PortResult,
@@ -677,11 +677,16 @@ impl StateStore for SpannerStateStore {
                         // other queued work, its dead letters and its stages' last errors keep their ids and lose the
                         // caller. The outbox and dead letters have no index by call: these read the tenant's part
                         // (a queue kept short, and letters an operator replays or clears).
-                        for (table, text) in [("outbox", "last_error"), ("dead_letters", "reason")] {
+                        // Queued work quotes a caller only in a failure's last error (payloads hold ids).
+                        for (table, text, only) in [
+                            ("outbox", "last_error", "(kind = @notify OR last_error IS NOT NULL)"),
+                            ("dead_letters", "reason", "TRUE"),
+                        ] {
                             let mut stmt = Statement::new(format!(
                                 "SELECT id, kind, payload, {text} AS text FROM {table} \
-                                 WHERE tenant_id = @tenant AND call_id = @call"
+                                 WHERE tenant_id = @tenant AND call_id = @call AND {only}"
                             ));
+                            stmt.add_param("notify", &WorkKind::Notify.as_str());
                             stmt.add_param("tenant", &tenant);
                             stmt.add_param("call", &call);
                             let mut rows = tx.query(stmt).await?;
@@ -690,6 +695,10 @@ impl StateStore for SpannerStateStore {
                                 let kind: String = row.column_by_name("kind")?;
                                 if table == "outbox" && kind == WorkKind::Notify.as_str() {
                                     m.push(delete("outbox", Key::composite(&[&tenant, &id])));
+                                    continue;
+                                }
+                                // Analytics rows are free of personal data by construction, and must stay valid.
+                                if table == "outbox" && !OUTBOX_KINDS_WITH_TEXT.iter().any(|k| k.as_str() == kind) {
                                     continue;
                                 }
                                 let payload: String = row.column_by_name("payload")?;

@@ -135,11 +135,15 @@ impl CallerTraces {
     pub fn of(lead: &LeadDetails, caller: &CallerDetails) -> Self {
         let mut words: Vec<String> = Vec::new();
         for name in [&lead.customer_name, &caller.name].into_iter().flatten() {
-            words.extend(
-                name.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() >= 2).map(str::to_lowercase),
-            );
+            // A word of a name has letters ("Caller 10" must not forget every "10" in a date).
+            let words_of_name = name
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.chars().count() >= 2 && w.chars().any(char::is_alphabetic));
+            words.extend(words_of_name.map(str::to_lowercase));
         }
-        words.extend([&lead.customer_zip, &caller.zip].into_iter().flatten().map(|z| z.trim().to_lowercase()));
+        // A ZIP is five digits or more (ZIP+4, other countries' codes): shorter runs are too common to forget.
+        let zips = [&lead.customer_zip, &caller.zip].into_iter().flatten().map(|z| z.trim().to_lowercase());
+        words.extend(zips.filter(|z| z.chars().filter(char::is_ascii_alphanumeric).count() >= 5));
         words.retain(|w| !w.is_empty());
         words.sort();
         words.dedup();
@@ -424,6 +428,10 @@ mod tests {
             forgotten.starts_with("webhook refused the lead: vendor answered 422: {\"error\":\"duplicate contact: ")
         );
         assert!(forgotten.contains("[erased] [erased]"), "{forgotten}");
+        // A name's number is not a word of it: dates and ids keep their digits.
+        let numbered = LeadDetails { customer_name: Some("Caller 10".into()), ..LeadDetails::default() };
+        let t10 = CallerTraces::of(&numbered, &CallerDetails::default());
+        assert_eq!(t10.forget("2026-10-13T20:38:01Z caller"), "2026-10-13T20:38:01Z [erased]");
         // Words that merely contain a name stay; text without the caller is returned as it is.
         assert_eq!(t.forget("Danaher Whitfields"), "Danaher Whitfields");
         assert!(matches!(t.forget("stuck in transcribed for 2 h"), Cow::Borrowed(_)));

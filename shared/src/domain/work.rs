@@ -23,6 +23,12 @@ pub enum WorkKind {
     StoreFormText,
 }
 
+/// The queued work whose last error (a vendor's answer) may quote a caller, which an erasure goes through. Not
+/// analytics rows (free of personal data by construction, and they must stay valid rows) nor notifications (an
+/// erasure drops those whole).
+pub const OUTBOX_KINDS_WITH_TEXT: [WorkKind; 3] =
+    [WorkKind::FetchRecording, WorkKind::Publish, WorkKind::StoreFormText];
+
 impl WorkKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -16,7 +16,7 @@ use crate::domain::breaker::{Admit, Breaker, BreakerPolicy};
 use crate::domain::crm::CrmDelivery;
 use crate::domain::intake::{self, IntakeEvent, IntakeOutcome};
 use crate::domain::retention::{CallerTraces, forget_in_analysis};
-use crate::domain::work::{Completion, NewWork, WorkItem, WorkKind};
+use crate::domain::work::{Completion, NewWork, OUTBOX_KINDS_WITH_TEXT, WorkItem, WorkKind};
 use crate::domain::{CallId, CallRecord, CallSource, CallState, LeadDetails, TenantId};
 use crate::ports::{
     CallErasure, CallScan, Claim, DeadLetter, ErasureRecord, ErasureRequest, IntakeResult, PortError, PortResult,
@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (kind, not_before);
+-- Work that failed at least once, by call: an erasure forgets the caller in its last error. Partial, so the queue's
+-- hot path (rows that never fail) does not pay for it.
+CREATE INDEX IF NOT EXISTS outbox_failed ON outbox (tenant_id, call_id) WHERE last_error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id  TEXT NOT NULL,
@@ -627,14 +630,23 @@ impl StateStore for SqliteStateStore {
                 // queued work, its dead letters and its stages' last errors keep their ids and lose the caller.
                 c.prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND call_id = ?2 AND kind = ?3")?
                     .execute(params![tenant, call, WorkKind::Notify.as_str()])?;
-                for (table, key, json, text) in [
-                    ("outbox", "id", "payload", "last_error"),
-                    ("dead_letters", "id", "payload", "reason"),
-                    ("stage_runs", "stage_key", "NULL", "last_error"),
+                // Queued work quotes a caller only in a failure's last error: payloads hold ids (and analytics rows,
+                // free of personal data by construction, must stay valid rows). So only failed work of the kinds
+                // that can quote is read, through a partial index, not the whole queue for each erased call.
+                let queued = format!(
+                    "last_error IS NOT NULL AND kind IN ({})",
+                    OUTBOX_KINDS_WITH_TEXT.map(|k| format!("'{}'", k.as_str())).join(", ")
+                );
+                for (table, key, json, text, only) in [
+                    ("outbox", "id", "payload", "last_error", queued.as_str()),
+                    ("dead_letters", "id", "payload", "reason", "1"),
+                    ("stage_runs", "stage_key", "NULL", "last_error", "last_error IS NOT NULL"),
                 ] {
                     type Texts = (rusqlite::types::Value, Option<String>, Option<String>);
                     let rows: Vec<Texts> = c
-                        .prepare(&format!("SELECT {key}, {json}, {text} FROM {table} WHERE tenant_id = ?1 AND call_id = ?2"))?
+                        .prepare_cached(&format!(
+                            "SELECT {key}, {json}, {text} FROM {table} WHERE {only} AND tenant_id = ?1 AND call_id = ?2"
+                        ))?
                         .query_map(params![tenant, call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<rusqlite::Result<_>>()?;
                     for (id, payload, why) in rows {
@@ -645,7 +657,7 @@ impl StateStore for SqliteStateStore {
                         }
                         record.note(table);
                         let set_json = if json == "NULL" { String::new() } else { format!("{json} = ?3, ") };
-                        c.prepare(&format!(
+                        c.prepare_cached(&format!(
                             "UPDATE {table} SET {set_json}{text} = ?4 WHERE tenant_id = ?1 AND call_id = ?2 AND {key} = ?5"
                         ))?
                         .execute(params![tenant, call, payload.as_deref(), why.as_deref(), id])?;
