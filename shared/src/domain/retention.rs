@@ -157,10 +157,7 @@ impl CallerTraces {
     /// `text` without the caller: every phone number and email masked (as in logs, whoever's they are), the known
     /// emails and the words of the caller's name and ZIP replaced by `[erased]`.
     pub fn forget<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = match pii::scrub(text) {
-            Cow::Borrowed(_) => Cow::Borrowed(text),
-            Cow::Owned(s) => Cow::Owned(s),
-        };
+        let mut out = pii::scrub(text);
         for email in &self.emails {
             while let Some(at) = find_ignoring_ascii_case(&out, email) {
                 let mut s = out.into_owned();
@@ -173,17 +170,16 @@ impl CallerTraces {
         }
         let mut s = String::with_capacity(out.len());
         let mut word = String::new();
-        for c in out.chars().chain(std::iter::once('\0')) {
+        for c in out.chars() {
             if c.is_alphanumeric() {
                 word.push(c);
                 continue;
             }
             s.push_str(if self.is_word(&word) { FORGOTTEN } else { &word });
             word.clear();
-            if c != '\0' {
-                s.push(c);
-            }
+            s.push(c);
         }
+        s.push_str(if self.is_word(&word) { FORGOTTEN } else { &word });
         Cow::Owned(s)
     }
 
