@@ -145,6 +145,13 @@ async fn erasing_a_caller_leaves_nothing_of_them_anywhere_the_host_keeps_data() 
     let report = run.reports.iter().find(|r| r.tenant_id == "acme-remodeling").unwrap();
     assert_eq!(report.get("calls_erased"), 2, "{report:?}");
 
+    // The audit record says what went, by name: what the job asked for and what the store found beside the lead.
+    let log = state.erasures(&tenant, 10).await.unwrap();
+    let of_refused = log.iter().find(|e| e.call_id.as_str() == REFUSED).unwrap();
+    for what in ["transcript", "lead.customer_name", "analysis.summary", "call.state_reason", "dead_letters"] {
+        assert!(of_refused.erased.iter().any(|e| e == what), "{what} in {:?}", of_refused.erased);
+    }
+
     let after = every_value(&data);
     for trace in TRACES {
         assert!(!after.contains(trace), "{trace} is still stored:\n{}", lines_with(&after, trace));

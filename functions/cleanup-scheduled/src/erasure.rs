@@ -76,7 +76,7 @@ async fn erase(service: &Service, request: &ErasureRequest, dry_run: bool, repor
             erased.push("transcript".into());
         }
         erased.extend(fields.iter().map(|f| format!("lead.{f}")));
-        erased.push("analysis.caller".into());
+        // What the analysis and the call's other texts lose is added by the state store, which sees them.
         if call.state == CallState::Delivered {
             // The CRM's copy is the tenant's to erase; the record says where it went, without the data.
             report.count("crm_copies", 1);
