@@ -19,7 +19,7 @@ use axum::http::{HeaderName, HeaderValue, Request};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use callflow::domain::signature::{sign_callrail, sign_standard_webhook, standard_webhooks_key};
-use common::{fixture_tenants, repo};
+use common::repo;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wiremock::matchers::{method, path, path_regex};
@@ -43,17 +43,9 @@ fn secret(name: &str) -> String {
 }
 
 fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
-    std::fs::create_dir_all(data).unwrap();
-    let vars = [
-        ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
-        ("CALLFLOW_DATA_DIR", data.display().to_string()),
-        ("CALLFLOW_TENANTS", fixture_tenants(data, &format!("{callrail}/crm")).display().to_string()),
-        ("CALLFLOW_CALLRAIL_API", callrail.to_owned()),
-        // Every row comes from the same (absent) address: the per-address throttle of failed signatures would
-        // turn the later 401s into 429s. It has its own test in on-webhook.
-        ("CALLFLOW_AUTH_FAILURES_PER_MINUTE", "100000".to_owned()),
-    ];
-    callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
+    // Every row comes from the same (absent) address: the per-address throttle of failed signatures would turn the
+    // later 401s into 429s. It has its own test in on-webhook.
+    common::host_settings(data, callrail, &[("CALLFLOW_AUTH_FAILURES_PER_MINUTE", "100000")])
 }
 
 /// CallRail's API (the recording of any call) and Acme's lead receiver (answering `crm`), on one fake.

@@ -14,7 +14,7 @@ use callflow::domain::cleanup::RunRequest;
 use callflow::domain::signature::sign_callrail;
 use callflow::domain::{CallId, CallState, TenantId};
 use callflow::ports::{ErasureRequest, StateStore};
-use common::{fixture_tenants, repo};
+use common::repo;
 use tower::ServiceExt;
 use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -28,14 +28,7 @@ const TRACES: [&str; 8] =
     ["5125550143", "512 555 0143", "512-555-0143", "555 0143", "555-0143", "Whitfield", "Dana", "dana.w@example.com"];
 
 fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
-    std::fs::create_dir_all(data).unwrap();
-    let vars = [
-        ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
-        ("CALLFLOW_DATA_DIR", data.display().to_string()),
-        ("CALLFLOW_TENANTS", fixture_tenants(data, &format!("{callrail}/crm")).display().to_string()),
-        ("CALLFLOW_CALLRAIL_API", callrail.to_owned()),
-    ];
-    callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
+    common::host_settings(data, callrail, &[])
 }
 
 /// CallRail (recordings) and Acme's lead receiver, which refuses one of the calls quoting the caller back, as CRMs'

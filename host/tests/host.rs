@@ -23,14 +23,7 @@ const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
 const PHONE: &str = "+15125550143";
 
 fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
-    std::fs::create_dir_all(data).unwrap();
-    let vars = [
-        ("CALLFLOW_EVENTARC", repo().join("eventarc").display().to_string()),
-        ("CALLFLOW_DATA_DIR", data.display().to_string()),
-        ("CALLFLOW_TENANTS", fixture_tenants(data, &format!("{callrail}/crm")).display().to_string()),
-        ("CALLFLOW_CALLRAIL_API", callrail.to_owned()),
-    ];
-    callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap()
+    common::host_settings(data, callrail, &[])
 }
 
 async fn fake_callrail() -> MockServer {

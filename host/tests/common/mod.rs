@@ -18,3 +18,18 @@ pub fn fixture_tenants(dir: &Path, crm: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The one-process host's settings over `data`: the repo's `eventarc/`, the fixture tenants with CallRail's API and
+/// Acme's lead receiver at `callrail` (`{callrail}/crm`), and `extra` variables.
+#[allow(dead_code)] // Not every test file hosts the chain in-process.
+pub fn host_settings(data: &Path, callrail: &str, extra: &[(&str, &str)]) -> callflow_host::Settings {
+    std::fs::create_dir_all(data).unwrap();
+    let mut vars = vec![
+        ("CALLFLOW_EVENTARC".to_owned(), repo().join("eventarc").display().to_string()),
+        ("CALLFLOW_DATA_DIR".to_owned(), data.display().to_string()),
+        ("CALLFLOW_TENANTS".to_owned(), fixture_tenants(data, &format!("{callrail}/crm")).display().to_string()),
+        ("CALLFLOW_CALLRAIL_API".to_owned(), callrail.to_owned()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap()
+}
