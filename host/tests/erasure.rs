@@ -11,25 +11,18 @@ use std::path::Path;
 use axum::body::Body;
 use axum::http::Request;
 use callflow::domain::cleanup::RunRequest;
-use callflow::domain::signature::sign_callrail;
 use callflow::domain::{CallId, CallState, TenantId};
 use callflow::ports::{ErasureRequest, StateStore};
-use common::repo;
 use tower::ServiceExt;
 use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
 const DELIVERED: &str = "CALe1a5e0000000000000000000000001";
 const REFUSED: &str = "CALe1a5e0000000000000000000000002";
 const OTHER: &str = "CALe1a5e0000000000000000000000003";
 /// What the chain may have kept of the erased caller, in the forms it may have kept it in.
 const TRACES: [&str; 8] =
     ["5125550143", "512 555 0143", "512-555-0143", "555 0143", "555-0143", "Whitfield", "Dana", "dana.w@example.com"];
-
-fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
-    common::host_settings(data, callrail, &[])
-}
 
 /// CallRail (recordings) and Acme's lead receiver, which refuses one of the calls quoting the caller back, as CRMs'
 /// validation messages do.
@@ -66,19 +59,13 @@ async fn vendors() -> MockServer {
 
 /// CallRail's post-call webhook for `call` by `name` from `phone`, with CallRail's transcript of what they said.
 fn webhook(call: &str, name: &str, phone: &str, said: &str) -> Request<Body> {
-    let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
-    let mut json: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
-    json["resource_id"] = call.into();
-    json["customer_name"] = name.into();
-    json["customer_phone_number"] = phone.into();
-    json["recording"] = format!("https://app.callrail.com/calls/{call}/recording/redirect?access_key=demo").into();
-    json["transcription"] = format!("Agent: Acme Remodeling.\nCaller: {said}").into();
-    let body = serde_json::to_vec(&json).unwrap();
-    Request::post("/webhooks/callrail/acme-remodeling")
-        .header("content-type", "application/json")
-        .header("signature", sign_callrail(KEY, &body))
-        .body(Body::from(body))
-        .unwrap()
+    common::acme_post_call(|json| {
+        json["resource_id"] = call.into();
+        json["customer_name"] = name.into();
+        json["customer_phone_number"] = phone.into();
+        json["recording"] = format!("https://app.callrail.com/calls/{call}/recording/redirect?access_key=demo").into();
+        json["transcription"] = format!("Agent: Acme Remodeling.\nCaller: {said}").into();
+    })
 }
 
 #[tokio::test]
@@ -86,7 +73,7 @@ async fn erasing_a_caller_leaves_nothing_of_them_anywhere_the_host_keeps_data() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mock = vendors().await;
-    let host = callflow_host::Host::open(settings(&data, &mock.uri())).await.unwrap();
+    let host = callflow_host::Host::open(common::host_settings(&data, &mock.uri(), &[])).await.unwrap();
     let said = "Hi, this is Dana Whitfield. I need my kitchen cabinets replaced, new countertops too. \
                 Email me at dana.w@example.com or call 512 555 0143 tomorrow morning.";
     for (call, name, phone) in [

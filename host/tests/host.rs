@@ -18,13 +18,8 @@ use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const CALL: &str = "CALa1b2c3d4e5f60718293a4b5c6d7e8f90";
-const KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
 /// The caller of the fixture call.
 const PHONE: &str = "+15125550143";
-
-fn settings(data: &Path, callrail: &str) -> callflow_host::Settings {
-    common::host_settings(data, callrail, &[])
-}
 
 async fn fake_callrail() -> MockServer {
     let mock = MockServer::start().await;
@@ -50,22 +45,16 @@ async fn fake_callrail() -> MockServer {
 
 /// CallRail's post-call webhook, with CallRail's own transcript of the call (so no speech engine is involved).
 fn webhook() -> Request<Body> {
-    let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
-    let mut json: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
-    json["transcription"] = "Agent: Acme Remodeling.\nCaller: I need my kitchen cabinets replaced.".into();
-    let body = serde_json::to_vec(&json).unwrap();
-    Request::post("/webhooks/callrail/acme-remodeling")
-        .header("content-type", "application/json")
-        .header("signature", sign_callrail(KEY, &body))
-        .body(Body::from(body))
-        .unwrap()
+    common::acme_post_call(|json| {
+        json["transcription"] = "Agent: Acme Remodeling.\nCaller: I need my kitchen cabinets replaced.".into();
+    })
 }
 
 #[tokio::test]
 async fn a_stored_recording_is_one_finalize_event_per_generation_for_the_next_stage() {
     let dir = tempfile::tempdir().unwrap();
     let mock = fake_callrail().await;
-    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    let host = callflow_host::Host::open(common::host_settings(dir.path(), &mock.uri(), &[])).await.unwrap();
     for _ in 0..3 {
         let resp = on_webhook::app(host.webhook.clone()).oneshot(webhook()).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -127,7 +116,7 @@ async fn a_web_form_is_analysed_from_its_text_and_delivered_like_a_call() {
     use callflow::domain::signature::{sign_standard_webhook, standard_webhooks_key};
     let dir = tempfile::tempdir().unwrap();
     let mock = fake_callrail().await;
-    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    let host = callflow_host::Host::open(common::host_settings(dir.path(), &mock.uri(), &[])).await.unwrap();
     let body = std::fs::read(repo().join("fixtures/forms/estimate-request.json")).unwrap();
     let secret = std::fs::read_to_string(repo().join("fixtures/secrets/acme-forms-secret")).unwrap();
     let key = standard_webhooks_key(&secret).unwrap();
@@ -349,11 +338,12 @@ async fn a_spoken_call_is_transcribed_offline_through_the_embedded_chain() {
         .respond_with(ResponseTemplate::new(201))
         .mount(&mock)
         .await;
-    let host = callflow_host::Host::open(settings(&dir.path().join("data"), &mock.uri())).await.unwrap();
+    let host =
+        callflow_host::Host::open(common::host_settings(&dir.path().join("data"), &mock.uri(), &[])).await.unwrap();
     let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
     let req = Request::post("/webhooks/callrail/acme-remodeling")
         .header("content-type", "application/json")
-        .header("signature", sign_callrail(KEY, &fixture))
+        .header("signature", sign_callrail(common::ACME_CALLRAIL_KEY, &fixture))
         .body(Body::from(fixture))
         .unwrap();
     assert_eq!(on_webhook::app(host.webhook.clone()).oneshot(req).await.unwrap().status(), 200);
@@ -464,7 +454,7 @@ async fn the_crm_receiver_verifies_keeps_each_lead_once_and_survives_a_restart()
 async fn the_cleanup_schedule_fires_into_cleanup_scheduled_once_per_slot() {
     let dir = tempfile::tempdir().unwrap();
     let mock = fake_callrail().await;
-    let host = callflow_host::Host::open(settings(dir.path(), &mock.uri())).await.unwrap();
+    let host = callflow_host::Host::open(common::host_settings(dir.path(), &mock.uri(), &[])).await.unwrap();
     let t0: chrono::DateTime<chrono::Utc> = "2026-11-22T06:07:00Z".parse().unwrap();
     assert_eq!(host.router.fire_schedules(t0).await.unwrap(), 0, "not on first sight");
     let slot = t0 + chrono::Duration::minutes(8); // 06:15, the next */15 slot

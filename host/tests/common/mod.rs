@@ -33,3 +33,21 @@ pub fn host_settings(data: &Path, callrail: &str, extra: &[(&str, &str)]) -> cal
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     callflow_host::Settings::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap()
 }
+
+/// Acme's CallRail signing key (the fixture tenants').
+#[allow(dead_code)] // Not every test file sends CallRail webhooks.
+pub const ACME_CALLRAIL_KEY: &[u8] = b"072e77e426f92738a72fe23c4d1953b4";
+
+/// CallRail's post-call webhook fixture for Acme, changed by `edit`, signed with Acme's key.
+#[allow(dead_code)] // Not every test file sends CallRail webhooks.
+pub fn acme_post_call(edit: impl FnOnce(&mut serde_json::Value)) -> axum::http::Request<axum::body::Body> {
+    let fixture = std::fs::read(repo().join("fixtures/callrail/post-call-resource-ids.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+    edit(&mut json);
+    let body = serde_json::to_vec(&json).unwrap();
+    axum::http::Request::post("/webhooks/callrail/acme-remodeling")
+        .header("content-type", "application/json")
+        .header("signature", callflow::domain::signature::sign_callrail(ACME_CALLRAIL_KEY, &body))
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}

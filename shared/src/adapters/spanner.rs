@@ -686,7 +686,9 @@ impl StateStore for SpannerStateStore {
                                 "SELECT id, kind, payload, {text} AS text FROM {table} \
                                  WHERE tenant_id = @tenant AND call_id = @call AND {only}"
                             ));
-                            stmt.add_param("notify", &WorkKind::Notify.as_str());
+                            if table == "outbox" {
+                                stmt.add_param("notify", &WorkKind::Notify.as_str());
+                            }
                             stmt.add_param("tenant", &tenant);
                             stmt.add_param("call", &call);
                             let mut rows = tx.query(stmt).await?;
